@@ -1,0 +1,136 @@
+"""``energyat eval``: clean and robust accuracy of a run or of any safetensors state dict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import typer
+from rich.console import Console
+
+from energyat_core.config import parse_number
+from energyat_core.errors import ConfigError
+from energyat_core.evaluation import batched, predict, report
+from energyat_core.precision import autocast, resolve_device
+from energyat_core.progress import table, task_progress
+from energyat_core.registry import get_registry
+from energyat_core.runconfig import parse_sets
+from energyat_core.runs import load_run, load_weights_file
+
+
+def add_commands(app: typer.Typer) -> None:
+    app.command("eval")(evaluate)
+
+
+def evaluate(
+    run_dir: Path = typer.Argument(None, help="Run directory written by `energyat train` (needs no other flag)."),
+    weights: Path = typer.Option(
+        None,
+        "--weights",
+        help="A plain state dict (.safetensors) to evaluate instead of a run; needs --backbone and --dataset.",
+    ),
+    backbone: str = typer.Option(
+        None, "--backbone", help="Architecture of --weights, e.g. preact_resnet18 or timm:resnet18."
+    ),
+    dataset: str = typer.Option(None, "--dataset", help="Dataset to evaluate on (default: the run's)."),
+    data_dir: str = typer.Option(None, "--data-dir", help="Where the dataset is read from."),
+    checkpoint: str = typer.Option("model", "--checkpoint", help="model (last epoch) or best (best PGD epoch)."),
+    n: int = typer.Option(1000, "--n", help="Number of test images (the first N; 0 = all)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Evaluation batch size."),
+    steps: int = typer.Option(20, "--steps", help="PGD steps of the built-in pgd evaluator."),
+    restarts: int = typer.Option(1, "--restarts", help="PGD random restarts."),
+    eps: str = typer.Option(None, "--eps", help="Threat radius, e.g. 8/255 (default: the run's)."),
+    norm: str = typer.Option(None, "--norm", help="linf or l2 (default: the run's)."),
+    evaluator: list[str] = typer.Option(
+        None,
+        "--evaluator",
+        help="Evaluators to run (repeatable; default pgd). `energyat describe evaluator` lists them.",
+    ),
+    autoattack: str = typer.Option(
+        None, "--autoattack", help="Also run AutoAttack (standard, plus, ...); needs the energyat-autoattack plugin."
+    ),
+    set_: list[str] = typer.Option(
+        None, "--set", help="Evaluator option evaluator.NAME=VALUE (applies to every evaluator that has it)."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 (default, most reliable), bf16 or fp16."),
+    out: Path = typer.Option(None, "--out", help="Where eval.json goes (default: RUN_DIR/eval.json)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the attacks' random starts."),
+) -> None:
+    """Evaluate clean accuracy and the per-point worst case over PGD-CE, PGD-CW and any other evaluators."""
+    registry = get_registry()
+    console = Console()
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    if weights is not None:
+        if backbone is None or dataset is None:
+            raise ConfigError(
+                "--weights needs --backbone and --dataset", "e.g. --backbone timm:resnet18 --dataset cifar10"
+            )
+        run = load_weights_file(
+            weights, backbone=backbone, dataset=dataset, data_dir=data_dir, device=dev, registry=registry
+        )
+        default_out = Path(weights).with_suffix(".eval.json")
+    elif run_dir is not None:
+        run = load_run(run_dir, which=checkpoint, device=dev, registry=registry, dataset=dataset, data_dir=data_dir)
+        default_out = Path(run_dir) / "eval.json"
+    else:
+        raise ConfigError("nothing to evaluate", "give a RUN_DIR, or --weights FILE --backbone NAME --dataset NAME")
+    cfg = run.cfg
+    eps_value = parse_number(eps) if eps is not None else cfg.eps
+    norm_value = norm or cfg.norm
+    if norm_value not in ("linf", "l2"):
+        raise ConfigError(f"unknown --norm '{norm_value}'", "use linf or l2")
+
+    count = len(run.data.test_y) if n <= 0 else min(n, len(run.data.test_y))
+    x = (run.data.test_x[:count].float() / 255).to(dev)
+    y = run.data.test_y[:count].to(dev)
+    model = run.model.eval()
+
+    names = list(evaluator or ["pgd"])
+    options = parse_sets(set_ or [], kinds=("evaluator",)).get("evaluator", {})
+    per_name: dict[str, dict] = {name: {} for name in names}
+    if "pgd" in per_name:
+        per_name["pgd"].update(steps=steps, restarts=restarts)
+    if autoattack:
+        per_name["autoattack"] = {"version": autoattack}
+    evaluators = []
+    for name, opts in per_name.items():
+        entry = registry.get("evaluator", name)
+        valid = {f for f in entry.cls.Config.__dataclass_fields__}
+        merged = {**opts, **{k: v for k, v in options.items() if k in valid}}
+        evaluators.append(registry.create("evaluator", name, **merged))
+
+    with autocast(dev, precision):
+        clean = torch.cat([predict(model, x[s], batch_size).argmax(1) == y[s] for s in batched(count, batch_size)])
+        per_attack: dict[str, torch.Tensor] = {}
+        with task_progress(console) as progress:
+            for ev in evaluators:
+                task = progress.add_task(f"{ev.name}", total=None)
+                per_attack.update(ev.run(model, x, y, eps=eps_value, norm=norm_value, batch_size=batch_size))
+                progress.update(task, total=1, completed=1)
+    result = report(
+        clean=clean,
+        per_attack=per_attack,
+        eps=eps_value,
+        norm=norm_value,
+        dataset=cfg.dataset,
+        architecture=cfg.backbone,
+    )
+    result["checkpoint"] = run.source
+    rows = [("clean", f"{result['clean_acc']:.2f}")]
+    rows += [(k, f"{v:.2f}") for k, v in result["attacks"].items()]
+    rows.append(("worst case over attacks", f"{result['robust_acc']:.2f}"))
+    console.print(
+        table(
+            f"{result['architecture']} on {result['dataset']} ({result['threat_model']}, eps "
+            f"{result['eps']}, {count} images)",
+            ["", "accuracy %"],
+            rows,
+        )
+    )
+    path = out or default_out
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    console.print(f"wrote {path}")

@@ -1,0 +1,77 @@
+"""``energyat plugins`` and ``energyat describe``: what is installed and what it takes."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from energyat_core.components import KINDS
+from energyat_core.config import describe_fields
+from energyat_core.errors import ConfigError
+from energyat_core.progress import table
+from energyat_core.registry import get_registry
+from energyat_core.runconfig import RunConfig
+
+
+def add_commands(app: typer.Typer) -> None:
+    app.command("plugins")(plugins)
+    app.command("describe")(describe)
+
+
+def plugins() -> None:
+    """List installed plugins: distribution, version, what each registers, load errors."""
+    registry = get_registry()
+    rows = []
+    for p in registry.plugins:
+        status = "disabled" if p.disabled else ("[red]" + "; ".join(p.errors) + "[/]" if p.errors else "[green]ok[/]")
+        rows.append((p.name, p.distribution, p.version, ", ".join(p.registered) or "-", status))
+    Console().print(table("energyat plugins", ["plugin", "distribution", "version", "registers", "status"], rows))
+
+
+def describe(
+    kind: str = typer.Argument(..., help=f"Component kind ({', '.join(KINDS)}), 'method', or 'run'."),
+    name: str = typer.Argument(None, help="Component or method name; leave out to list the names of KIND."),
+) -> None:
+    """Show a component's options (type, default, help), a method preset, or the run settings."""
+    registry = get_registry()
+    console = Console()
+    if kind == "run":
+        console.print(
+            table(
+                "run settings (flags of `energyat train`)",
+                ["setting", "type", "default", "help"],
+                describe_fields(RunConfig),
+            )
+        )
+        return
+    if kind == "method":
+        if name is None:
+            rows = [(m.name, registry.method_plugin[m.name], m.help) for m in registry.methods.values()]
+            console.print(table("methods", ["method", "plugin", "description"], rows))
+            return
+        m = registry.method(name)
+        rows = [
+            (k, n, ", ".join(f"{a}={b!r}" for a, b in o.items()) or "-")
+            for k, (n, o) in (("attack", m.attack), ("loss", m.loss), ("weighter", m.weighter))
+        ]
+        rows += [("run", k, repr(v)) for k, v in m.training.items()]
+        console.print(table(f"method '{m.name}': {m.help}", ["part", "name / setting", "options / value"], rows))
+        if m.reference:
+            console.print(f"reference: {m.reference}")
+        return
+    if kind not in KINDS:
+        raise ConfigError(f"unknown component kind '{kind}'", f"use one of: {', '.join([*KINDS, 'method', 'run'])}")
+    if name is None:
+        rows = [(e.name, e.plugin, e.summary) for e in (registry.get(kind, n) for n in registry.names(kind))]
+        console.print(table(f"{kind}s", ["name", "plugin", "description"], rows))
+        return
+    entry = registry.get(kind, name)
+    console.print(f"[bold]{kind} '{entry.name}'[/] (plugin {entry.plugin})")
+    doc = (entry.cls.__doc__ or "").strip()
+    if doc:
+        console.print(doc)
+    fields = describe_fields(entry.cls.Config)
+    if fields:
+        console.print(table("options (--set " + kind + ".NAME=VALUE)", ["option", "type", "default", "help"], fields))
+    else:
+        console.print("no options")

@@ -1,0 +1,162 @@
+"""Measuring a classifier: clean accuracy, PGD robustness, energies, and the report.
+
+Training calls :func:`quick_eval` after every epoch on a held-out subset; ``energyat
+eval`` calls :func:`evaluate` with any registered evaluators and reports the per-point
+worst case over them with RobustBench's field names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import torch
+from torch import nn
+
+from energyat_core.components import Evaluator
+from energyat_core.config import option
+from energyat_core.energy import marginal_energy
+from energyat_core.perturbation import pgd
+
+
+def batched(n: int, batch_size: int) -> Iterable[slice]:
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits for ``x`` in batches (float32)."""
+    return torch.cat([model(x[s]).float() for s in batched(len(x), batch_size)])
+
+
+def default_alpha(eps: float, norm: str, steps: int) -> float:
+    """2/255 for the usual L-inf 8/255, otherwise 2.5 * eps / steps (Madry et al.)."""
+    if norm == "linf" and abs(eps - 8 / 255) < 1e-9:
+        return 2 / 255
+    return 2.5 * eps / steps
+
+
+def quick_eval(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str,
+    steps: int,
+    batch_size: int,
+    autocast: Callable[[], Any],
+) -> dict[str, float]:
+    """Clean and PGD-``steps`` accuracy plus mean ``E(x)`` and ``E(x_adv)`` on (x, y)."""
+    was_training = model.training
+    model.eval()
+    correct = robust = 0
+    e_clean = e_adv = 0.0
+    alpha = default_alpha(eps, norm, steps)
+    for s in batched(len(x), batch_size):
+        xb, yb = x[s], y[s]
+        with autocast():
+            with torch.no_grad():
+                logits = model(xb).float()
+            x_adv = pgd(model, xb, yb, eps=eps, alpha=alpha, steps=steps, norm=norm) if steps > 0 else xb
+            with torch.no_grad():
+                logits_adv = model(x_adv).float()
+        correct += (logits.argmax(1) == yb).sum().item()
+        robust += (logits_adv.argmax(1) == yb).sum().item()
+        e_clean += marginal_energy(logits).sum().item()
+        e_adv += marginal_energy(logits_adv).sum().item()
+    model.train(was_training)
+    n = max(len(x), 1)
+    return {"clean_acc": correct / n, "robust_acc": robust / n, "energy_clean": e_clean / n, "energy_adv": e_adv / n}
+
+
+class PGDEvaluator(Evaluator):
+    """PGD-K with restarts under the CE and the CW-margin objective (model in eval mode)."""
+
+    @dataclass
+    class Config:
+        steps: int = option(20, "PGD iterations")
+        restarts: int = option(1, "random restarts; a point counts as robust only if it survives all")
+        objectives: tuple[str, ...] = option(("ce", "cw"), "objectives to run, each reported separately (ce, cw, kl)")
+        alpha: float | None = option(None, "step size; default 2/255 at L-inf 8/255, else 2.5*eps/steps")
+
+        def __post_init__(self):
+            bad = [o for o in self.objectives if o not in ("ce", "cw", "kl")]
+            if bad:
+                raise ValueError(f"unknown objective(s) {bad}; use ce, cw or kl")
+            if self.steps < 1 or self.restarts < 1:
+                raise ValueError("steps and restarts must be at least 1")
+
+    def run(self, model, x, y, *, eps, norm, batch_size):
+        cfg = self.config
+        alpha = cfg.alpha if cfg.alpha is not None else default_alpha(eps, norm, cfg.steps)
+        out = {}
+        for objective in cfg.objectives:
+            masks = []
+            for s in batched(len(x), batch_size):
+                x_adv = pgd(
+                    model,
+                    x[s],
+                    y[s],
+                    eps=eps,
+                    alpha=alpha,
+                    steps=cfg.steps,
+                    norm=norm,
+                    objective=objective,
+                    restarts=cfg.restarts,
+                )
+                with torch.no_grad():
+                    masks.append(model(x_adv).argmax(1) == y[s])
+            out[f"pgd{cfg.steps}-{objective}"] = torch.cat(masks)
+        return out
+
+
+def eps_text(eps: float, norm: str) -> str:
+    """``8/255`` for L-inf radii that are multiples of 1/255, else the number."""
+    frac = Fraction(eps).limit_denominator(255)
+    if norm == "linf" and abs(float(frac) - eps) < 1e-9 and frac.denominator in (255, 85, 51, 17, 15, 5, 3, 1):
+        return f"{frac.numerator * (255 // frac.denominator)}/255"
+    return f"{eps:g}"
+
+
+def report(
+    *,
+    clean: torch.Tensor,
+    per_attack: dict[str, torch.Tensor],
+    eps: float,
+    norm: str,
+    dataset: str,
+    architecture: str,
+) -> dict[str, Any]:
+    """The eval.json content: RobustBench's field names plus per-attack accuracies.
+
+    ``clean`` and each value of ``per_attack`` are per-point bool tensors; the robust
+    accuracy is the per-point worst case (a point counts only if it is right clean and
+    under every attack).
+    """
+    worst = clean.clone()
+    for mask in per_attack.values():
+        worst &= mask.to(worst.device)
+    n = len(clean)
+    result: dict[str, Any] = {
+        "dataset": dataset,
+        "architecture": architecture,
+        "threat_model": "Linf" if norm == "linf" else "L2",
+        "eps": eps_text(eps, norm),
+        "n_examples": n,
+        "clean_acc": round(100 * clean.float().mean().item(), 2),
+        "robust_acc": round(100 * worst.float().mean().item(), 2),
+        "attacks": {
+            k: round(100 * (v.to(clean.device) & clean).float().mean().item(), 2) for k, v in per_attack.items()
+        },
+    }
+    aa = {k: v for k, v in per_attack.items() if k.startswith("autoattack")}
+    if aa:
+        aa_worst = clean.clone()
+        for mask in aa.values():
+            aa_worst &= mask.to(aa_worst.device)
+        result["autoattack_acc"] = round(100 * aa_worst.float().mean().item(), 2)
+    return result

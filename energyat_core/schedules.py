@@ -1,0 +1,55 @@
+"""Learning-rate schedules as pure functions of training progress.
+
+The engine sets the lr before every batch from ``lr_at(step, total_steps, ...)``; a
+schedule therefore has no state of its own, and resuming only needs the step count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+ONECYCLE_DIV = 25.0  # initial lr = peak / 25, as torch's OneCycleLR
+ONECYCLE_FINAL_DIV = 1e4  # final lr = initial / 1e4
+
+
+def _cos_anneal(start: float, end: float, frac: float) -> float:
+    return end + (start - end) * (1 + math.cos(math.pi * frac)) / 2
+
+
+def lr_at(
+    step: int,
+    total_steps: int,
+    *,
+    schedule: str,
+    lr: float,
+    milestones: Sequence[float] = (0.5, 0.75),
+    gamma: float = 0.1,
+    warmup: float = 0.25,
+) -> float:
+    """The learning rate for batch ``step`` (0-based) of ``total_steps``.
+
+    - ``constant``: ``lr`` throughout.
+    - ``multistep``: ``lr * gamma**k`` after the k-th milestone (fractions of training).
+    - ``cosine``: cosine decay from ``lr`` to 0.
+    - ``onecycle``: cosine rise from ``lr/25`` to ``lr`` over the first ``warmup`` of
+      training, then cosine decay to ``lr/25/1e4`` (torch's OneCycleLR, stepped per batch).
+    - ``cyclic``: linear 0 -> ``lr`` at ``warmup`` -> 0 (Wong et al.'s triangle).
+    """
+    t = min(max(step / max(total_steps, 1), 0.0), 1.0)
+    if schedule == "constant":
+        return lr
+    if schedule == "multistep":
+        return lr * gamma ** sum(t >= m for m in milestones)
+    if schedule == "cosine":
+        return lr * (1 + math.cos(math.pi * t)) / 2
+    if schedule == "onecycle":
+        start = lr / ONECYCLE_DIV
+        if t < warmup:
+            return _cos_anneal(start, lr, t / warmup)
+        return _cos_anneal(lr, start / ONECYCLE_FINAL_DIV, (t - warmup) / max(1 - warmup, 1e-12))
+    if schedule == "cyclic":
+        if t < warmup:
+            return lr * t / warmup
+        return lr * (1 - t) / max(1 - warmup, 1e-12)
+    raise ValueError(f"unknown schedule {schedule!r}")

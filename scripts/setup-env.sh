@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Create (or update) the project's virtual environment in .venv with core, every
+# first-party plugin under plugins/, the example third-party plugin and the dev tools.
+# Idempotent: a second run only re-checks the installs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+PIP="$VENV/bin/python -m pip"
+$PIP install -q --upgrade pip setuptools wheel
+# torch first, pinned: these versions come from the local pip cache where there is one
+$VENV/bin/python -c "import torch, torchvision" 2>/dev/null || \
+  $PIP install -q "torch==2.14.1" "torchvision==0.29.1"
+$PIP install -q pluggy typer rich safetensors timm numpy matplotlib pytest pytest-xdist ruff mypy
+editable=(-e .)
+for d in plugins/*/; do
+  [ -f "$d/pyproject.toml" ] && editable+=(-e "$d")
+done
+editable+=(-e tests/example_plugin)
+$PIP install -q --no-build-isolation "${editable[@]}"
+echo "environment ready: $VENV"
