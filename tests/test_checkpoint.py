@@ -1,0 +1,95 @@
+"""Checkpoints: nested state round trips, atomic writes, and one-line errors for bad files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from energyat_core import checkpoint as ckpt
+from energyat_core.errors import CheckpointError
+from energyat_core.models import Classifier, SmallCNN
+
+
+def _model(classes=10):
+    torch.manual_seed(0)
+    return Classifier(SmallCNN().build(classes), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def test_nested_state_round_trip_keeps_types(tmp_path):
+    model = _model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.rand(4, 3, 32, 32)).sum().backward()
+    opt.step()
+    state = {"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "epoch": 3, "tup": (1, 2.5, None, "x")}
+    ckpt.save_state(tmp_path / "s.safetensors", state)
+    back = ckpt.load_state(tmp_path / "s.safetensors")
+    assert back["epoch"] == 3 and back["tup"] == (1, 2.5, None, "x")
+    assert torch.equal(back["rng"], state["rng"])
+    assert set(back["optimizer"]["state"]) == set(state["optimizer"]["state"])  # int keys stay ints
+    opt2 = torch.optim.Adam(_model().parameters(), lr=1e-3)
+    opt2.load_state_dict(back["optimizer"])
+    for k, v in opt.state_dict()["state"][0].items():
+        assert torch.equal(opt2.state_dict()["state"][0][k], v)
+
+
+def test_atomic_save_leaves_no_temporary_and_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "model.safetensors"
+    ckpt.save_model(path, _model(), {"epoch": 1})
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt, "save_file", boom)
+    with pytest.raises(OSError):
+        ckpt.save_model(path, _model(), {"epoch": 2})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+def test_truncated_file_is_a_one_line_error(tmp_path):
+    path = tmp_path / "model.safetensors"
+    ckpt.save_model(path, _model(), {})
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="not a readable safetensors file") as err:
+        ckpt.read_safetensors(path)
+    assert "\n" not in str(err.value)
+
+
+def test_pickle_file_is_rejected(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(_model().state_dict(), path)
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        ckpt.read_safetensors(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        ckpt.read_safetensors(tmp_path / "nope.safetensors")
+
+
+def test_class_count_mismatch_is_named():
+    state = _model(classes=100).state_dict()
+    with pytest.raises(CheckpointError, match="has 100 classes .* the model 10"):
+        ckpt.load_weights(_model(classes=10), state, "ckpt")
+
+
+def test_architecture_mismatch_is_named():
+    from energyat_core.models import PreActResNet18
+
+    other = Classifier(PreActResNet18().build(10), (0.5,) * 3, (0.25,) * 3).state_dict()
+    with pytest.raises(CheckpointError, match="does not fit this architecture"):
+        ckpt.load_weights(_model(), other, "ckpt")
+
+
+def test_plain_backbone_state_dict_and_prefixes_load():
+    src = _model()
+    plain = {f"module._orig_mod.{k}": v for k, v in src.net.state_dict().items()}
+    dst = _model()
+    for p in dst.parameters():
+        p.data.zero_()
+    ckpt.load_weights(dst, plain, "plain")
+    x = torch.rand(2, 3, 32, 32)
+    src.eval()
+    dst.eval()
+    assert torch.allclose(src(x), dst(x))
