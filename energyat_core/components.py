@@ -166,6 +166,20 @@ class Dataset(Component):
         raise NotImplementedError
 
 
+class DataSource(Component):
+    """Extra labelled images for every training batch (e.g. synthetic proxy data).
+
+    ``next_batch(n_real)`` returns ``(x, y)`` on the run's device — floats in [0,1] and
+    int64 labels — to be concatenated with a real batch of ``n_real`` images. The source
+    decides how many images it adds (a ratio option, say) and applies its own
+    augmentation, if any. Its sampling position belongs in ``state_dict()`` so that
+    ``--resume`` continues with the images an uninterrupted run would have seen.
+    """
+
+    def next_batch(self, n_real: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
 class Evaluator(Component):
     """A robustness evaluation: ``run(model, x, y, ...)`` -> {attack name: per-point correct}.
 
@@ -188,5 +202,6 @@ KINDS: dict[str, type[Component]] = {
     "sampler": Sampler,
     "backbone": Backbone,
     "dataset": Dataset,
+    "source": DataSource,
     "evaluator": Evaluator,
 }

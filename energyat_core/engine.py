@@ -168,6 +168,7 @@ class Trainer:
         self.attack = registry.create("attack", cfg.attack, **cfg.component_options("attack"))
         self.loss = registry.create("loss", cfg.loss, **cfg.component_options("loss"))
         self.weighter = registry.create("weighter", cfg.weighter, **cfg.component_options("weighter"))
+        self.source = registry.create("source", cfg.source, **cfg.component_options("source")) if cfg.source else None
         for component in self.components.values():
             component.setup(self.ctx)
 
@@ -195,7 +196,10 @@ class Trainer:
     # -- construction helpers ---------------------------------------------------------
     @property
     def components(self) -> dict[str, Any]:
-        return {"attack": self.attack, "loss": self.loss, "weighter": self.weighter}
+        parts = {"attack": self.attack, "loss": self.loss, "weighter": self.weighter}
+        if self.source is not None:
+            parts["source"] = self.source
+        return parts
 
     def _compile(self) -> None:
         try:
@@ -261,6 +265,13 @@ class Trainer:
     # -- training -------------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor, stats: EpochStats) -> None:
         cfg = self.cfg
+        if self.source is not None:  # extra data (e.g. proxy images), shuffled in with the real batch
+            x_extra, y_extra = self.source.next_batch(len(y))
+            order = torch.randperm(len(y) + len(y_extra), device=x.device)
+            x = torch.cat([x, x_extra.to(x.dtype)])[order]
+            y = torch.cat([y, y_extra])[order]
+            if cfg.channels_last and x.is_cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(
                 self.step,

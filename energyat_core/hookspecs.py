@@ -102,6 +102,18 @@ def register_datasets(register):
 
 
 @hookspec
+def register_sources(register):
+    """Register extra data sources mixed into every training batch.
+
+    ``register(name, cls)`` with ``cls`` a subclass of
+    :class:`energyat_core.components.DataSource`. With ``--source NAME[:VALUE]`` the
+    engine asks the source for extra labelled images at every step and trains on the
+    real batch and the extra images together, shuffled (e.g. proxy-distribution data:
+    ``--source proxy:samples.npz``). An epoch stays one pass over the real data.
+    """
+
+
+@hookspec
 def register_evaluators(register):
     """Register evaluators: attacks used to measure robustness after training.
 

@@ -27,6 +27,7 @@ HOOK_OF_KIND = {
     "sampler": "register_samplers",
     "backbone": "register_backbones",
     "dataset": "register_datasets",
+    "source": "register_sources",
     "evaluator": "register_evaluators",
 }
 
@@ -42,6 +43,7 @@ FIRST_PARTY = {
     ("weighter", "energy"): "energyat-weat",
     ("sampler", "sgld"): "energyat-sgld",
     ("evaluator", "autoattack"): "energyat-autoattack",
+    ("source", "proxy"): "energyat-proxy",
     ("method", "pgd-at"): "energyat-pgd",
     ("method", "fgsm-rs"): "energyat-pgd",
     ("method", "trades"): "energyat-trades",

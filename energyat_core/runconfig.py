@@ -16,7 +16,7 @@ from typing import Any, Literal
 from energyat_core.config import build_config, option
 from energyat_core.errors import ConfigError
 
-COMPONENT_KINDS = ("attack", "loss", "weighter", "backbone", "dataset")
+COMPONENT_KINDS = ("attack", "loss", "weighter", "backbone", "dataset", "source")
 
 
 @dataclass
@@ -29,6 +29,7 @@ class RunConfig:
     weighter: str = option("uniform", "per-sample weights of the batch mean")
     backbone: str = option("preact_resnet18", "network architecture (or timm:NAME)")
     dataset: str = option("synthetic", "synthetic, cifar10, cifar100, svhn or imagefolder:PATH")
+    source: str | None = option(None, "extra data mixed into every batch, e.g. proxy:samples.npz (none by default)")
     options: dict[str, dict[str, Any]] = option({}, "component options by kind, e.g. {'attack': {'steps': 7}}")
     data_dir: str | None = option(None, "where datasets are read from or downloaded to")
     epochs: int = option(10, "number of passes over the training set")
@@ -199,5 +200,8 @@ def compose(
 def validate_components(registry: Any, cfg: RunConfig) -> None:
     """Check every component name and option without building anything."""
     for kind in COMPONENT_KINDS:
-        entry, options = registry.split_spec(kind, getattr(cfg, kind), cfg.component_options(kind))
+        spec = getattr(cfg, kind)
+        if spec is None:  # optional kinds (source)
+            continue
+        entry, options = registry.split_spec(kind, spec, cfg.component_options(kind))
         build_config(entry.cls.Config, options, f"{kind} '{entry.name}'")

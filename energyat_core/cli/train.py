@@ -36,6 +36,11 @@ def train(
     backbone: str = _opt("backbone", "--backbone"),
     dataset: str = _opt("dataset", "--dataset"),
     data_dir: str = _opt("data_dir", "--data-dir"),
+    source: str = _opt("source", "--source"),
+    proxy: str = typer.Option(None, "--proxy", help="Proxy-distribution images (.npz of uint8 NHWC images + labels) "
+                              "mixed into every batch; short for --source proxy:PATH (needs energyat-proxy)."),
+    proxy_ratio: str = typer.Option(None, "--proxy-ratio", help="Proxy images per real image in each batch "
+                                    "(default 1, i.e. 128+128); short for --set source.ratio=R."),
     set_: list[str] = typer.Option(
         None,
         "--set",
@@ -110,6 +115,7 @@ def train(
         "backbone": backbone,
         "dataset": dataset,
         "data_dir": data_dir,
+        "source": source,
         "epochs": epochs,
         "batch_size": batch_size,
         "optimizer": optimizer,
@@ -132,7 +138,12 @@ def train(
         "norm": norm,
         "max_train": max_train,
     }
-    cfg = compose(registry, config_file=config, flags=flags, sets=set_ or [])
+    sets = list(set_ or [])
+    if proxy is not None:
+        flags["source"] = f"proxy:{proxy}"
+    if proxy_ratio is not None:
+        sets.append(f"source.ratio={proxy_ratio}")
+    cfg = compose(registry, config_file=config, flags=flags, sets=sets)
     run_dir = out or Path("runs") / f"{cfg.method or cfg.attack}-{time.strftime('%Y%m%d-%H%M%S')}"
     prepare_run_dir(run_dir, cfg, resume=False, overwrite=overwrite)
     trainer = Trainer(cfg, run_dir, registry, console, quiet=quiet)
