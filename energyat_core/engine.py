@@ -19,9 +19,10 @@ import torch
 from rich.console import Console
 
 from energyat_core import checkpoint as ckpt
+from energyat_core import distributed
 from energyat_core.components import Batch, RunContext
 from energyat_core.data import DeviceLoader, ImageData
-from energyat_core.errors import NonFiniteError, RunDirError
+from energyat_core.errors import ConfigError, NonFiniteError, RunDirError
 from energyat_core.evaluation import quick_eval
 from energyat_core.models import build_classifier
 from energyat_core.precision import autocast, resolve_device, resolve_precision
@@ -83,7 +84,7 @@ def build_model(registry: Registry, cfg: RunConfig, data: ImageData, device: tor
 
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    fast = {"foreach": True} if device.type == "cuda" else {}
+    fast = {"fused": True} if device.type == "cuda" else {}  # one kernel for the whole update
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov, **fast
@@ -142,15 +143,22 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.registry = registry
         self.console = console or Console()
-        self.quiet = quiet
-        self.device = resolve_device(cfg.device)
+        self.dist = distributed.from_environment()
+        self.quiet = quiet or not self.dist.is_main  # only rank 0 talks and writes
+        self.device = distributed.setup(self.dist, resolve_device(cfg.device))
         self.precision = resolve_precision(cfg.precision, self.device)
+        if cfg.batch_size % self.dist.world_size:
+            raise ConfigError(
+                f"--batch-size {cfg.batch_size} does not split over {self.dist.world_size} processes",
+                f"use a multiple of {self.dist.world_size} (the batch size is global: each rank takes an equal share)",
+            )
         torch.manual_seed(cfg.seed)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
         self.data = build_data(registry, cfg)
         self.model = build_model(registry, cfg, self.data, self.device)
+        distributed.broadcast_parameters(self.model, self.dist)
         self.passes = PassCounter()
         self.passes.attach(self.model)
         if cfg.compile:
@@ -171,22 +179,29 @@ class Trainer:
         self.source = registry.create("source", cfg.source, **cfg.component_options("source")) if cfg.source else None
         for component in self.components.values():
             component.setup(self.ctx)
+        if self.dist.enabled:  # same initial weights everywhere, different attack noise per rank
+            torch.manual_seed(cfg.seed + 7919 * self.dist.rank)
 
         self.optimizer = make_optimizer(cfg, self.model, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.loader = DeviceLoader(
             self.data.train_x,
             self.data.train_y,
-            cfg.batch_size,
+            cfg.batch_size // self.dist.world_size,
             self.device,
             shuffle=True,
             augment=cfg.augment,
             drop_last=len(self.data.train_y) > cfg.batch_size,
             seed=cfg.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
             channels_last=cfg.channels_last and self.device.type == "cuda",
         )
         n_eval = min(cfg.eval_n, len(self.data.test_y))
-        self.eval_x = (self.data.test_x[:n_eval].float() / 255).to(self.device)
-        self.eval_y = self.data.test_y[:n_eval].to(self.device)
+        shard = slice(self.dist.rank, n_eval, self.dist.world_size)  # each rank evaluates its share
+        self.eval_x = (self.data.test_x[:n_eval][shard].float() / 255).to(self.device)
+        self.eval_y = self.data.test_y[:n_eval][shard].to(self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.total_steps = cfg.epochs * len(self.loader)
         self.epoch = 0  # completed epochs
         self.step = 0
@@ -202,10 +217,24 @@ class Trainer:
         return parts
 
     def _compile(self) -> None:
+        """torch.compile the forward pass; fall back to eager, with one warning, if compiling fails."""
+        model, console = self.model, self.console
         try:
-            self.model.set_compiled(torch.compile(self.model.net))
+            compiled = torch.compile(model.forward_eager)
         except Exception as err:  # compilation is an optimisation, never a reason to stop
-            self.console.print(f"[yellow]warning:[/] torch.compile is unavailable here ({err}); running eagerly")
+            console.print(f"[yellow]warning:[/] torch.compile is unavailable here ({err}); running eagerly")
+            return
+
+        def forward(x):
+            try:
+                return compiled(x)
+            except Exception as err:  # compilation happens lazily, at the first call of each graph
+                reason = str(err).splitlines()[0][:200]
+                console.print(f"[yellow]warning:[/] torch.compile failed ({reason}); running eagerly")
+                model.set_compiled(None)
+                return model.forward_eager(x)
+
+        model.set_compiled(forward)
 
     def autocast(self):
         return autocast(self.device, self.precision)
@@ -222,7 +251,13 @@ class Trainer:
         }
 
     def save(self, best: bool) -> None:
-        """Write model weights, then the training state (the resume point), atomically."""
+        """Write model weights, then the training state (the resume point), atomically.
+
+        Called on every rank (the RNG states of all ranks are gathered); rank 0 writes.
+        """
+        rngs = distributed.gather_objects(rng_state(self.device), self.dist)
+        if not self.dist.is_main:
+            return
         meta = self._model_metadata()
         ckpt.save_model(self.run_dir / ckpt.MODEL_FILE, self.model, meta)
         if best:
@@ -230,7 +265,8 @@ class Trainer:
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": rng_state(self.device),
+            "scaler": self.scaler.state_dict(),
+            "rng": rngs,
             "components": {k: c.state_dict() for k, c in self.components.items()},
             "epoch": self.epoch,
             "step": self.step,
@@ -244,13 +280,17 @@ class Trainer:
         state = ckpt.load_state(self.run_dir / ckpt.STATE_FILE)
         ckpt.load_weights(self.model, {k: v.to(self.device) for k, v in state["model"].items()}, str(self.run_dir))
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         for kind, component in self.components.items():
             component.load_state_dict(state["components"].get(kind, {}))
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_robust = float(state["best_robust"])
         self.elapsed = float(state["elapsed"])
-        set_rng_state(state["rng"], self.device)
-        self._truncate_metrics()
+        rngs = state["rng"]
+        set_rng_state(rngs[self.dist.rank] if len(rngs) == self.dist.world_size else rngs[0], self.device)
+        if self.dist.is_main:
+            self._truncate_metrics()
 
     def _truncate_metrics(self) -> None:
         """Drop metrics lines of epochs after the resume point (written by the killed run)."""
@@ -293,8 +333,10 @@ class Trainer:
             weights = self.weighter(batch)
         loss = (weights.detach().float() * per_sample.float()).mean()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        distributed.average_gradients(self.params, self.dist)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.step += 1
         logits = batch._logits.get("adv", batch._logits.get("clean"))
         stats.loss_sum += loss.detach() * len(y)
@@ -302,8 +344,16 @@ class Trainer:
             stats.correct += (logits.detach().argmax(1) == y).sum()
         stats.seen += len(y)
 
-    def _check_finite(self, stats: EpochStats) -> None:
-        if not math.isfinite(stats.loss_sum.item()):
+    def _totals(self, stats: EpochStats) -> tuple[float, float, float]:
+        """Loss sum, correct count and images seen, summed over ranks (one host sync)."""
+        t = torch.stack(
+            [stats.loss_sum.float(), stats.correct.float(), torch.tensor(float(stats.seen), device=self.device)]
+        )
+        loss_sum, correct, seen = distributed.all_reduce_sum(t, self.dist).tolist()
+        return loss_sum, correct, max(seen, 1.0)
+
+    def _check_finite(self, loss_sum: float) -> None:
+        if not math.isfinite(loss_sum):
             raise NonFiniteError(
                 f"the training loss became non-finite at epoch {self.epoch + 1}, step {self.step}; "
                 f"the last good checkpoint (epoch {self.epoch}) is kept in '{self.run_dir}'",
@@ -320,29 +370,33 @@ class Trainer:
         for i, (x, y) in enumerate(self.loader.epoch(self.epoch)):
             self.train_step(x, y, stats)
             if (i + 1) % check_every == 0 or i + 1 == n_batches:
-                self._check_finite(stats)  # one host sync every few batches, not every step
+                loss_sum, correct, seen = self._totals(stats)  # one host sync every few batches, not every step
+                self._check_finite(loss_sum)
                 progress.update(
                     task,
                     completed=done + i + 1,
-                    loss=stats.loss_sum.item() / stats.seen,
-                    acc=stats.correct.item() / stats.seen,
-                    ips=stats.seen / max(time.perf_counter() - start, 1e-9),
+                    loss=loss_sum / seen,
+                    acc=correct / seen,
+                    ips=seen / max(time.perf_counter() - start, 1e-9),
                 )
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
-        seen = max(stats.seen, 1)
+        loss_sum, correct, seen = self._totals(stats)
+        local_seen = max(stats.seen, 1)
         return {
-            "train_loss": stats.loss_sum.item() / seen,
-            "train_acc": stats.correct.item() / seen,
-            "img_per_s": stats.seen / max(seconds, 1e-9),
-            "fwd_per_sample": (self.passes.forward - fwd0) / seen,
-            "bwd_per_sample": (self.passes.backward - bwd0) / seen,
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,
+            "img_per_s": seen / max(seconds, 1e-9),
+            "fwd_per_sample": (self.passes.forward - fwd0) / local_seen,
+            "bwd_per_sample": (self.passes.backward - bwd0) / local_seen,
             "epoch_seconds": seconds,
         }
 
     def evaluate(self) -> dict[str, float]:
-        return quick_eval(
+        """Clean/PGD accuracy and energies on the held-out subset (shared out over ranks)."""
+        distributed.average_buffers(self.model, self.dist)  # one set of BatchNorm statistics
+        local = quick_eval(
             self.model,
             self.eval_x,
             self.eval_y,
@@ -352,11 +406,18 @@ class Trainer:
             batch_size=max(self.cfg.batch_size, 256),
             autocast=self.autocast,
         )
+        if not self.dist.enabled:
+            return local
+        n = float(len(self.eval_y))
+        sums = torch.tensor([v * n for v in local.values()] + [n], dtype=torch.float64, device=self.device)
+        *totals, count = distributed.all_reduce_sum(sums, self.dist).tolist()
+        return {k: v / max(count, 1.0) for k, v in zip(local, totals, strict=True)}
 
     def fit(self, stop_after: int | None = None) -> list[dict[str, Any]]:
         """Train until ``cfg.epochs`` (or ``stop_after`` more epochs); return this call's metrics."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / CONFIG_FILE).write_text(json.dumps(json.loads(self.cfg.to_json()), indent=2) + "\n")
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / CONFIG_FILE).write_text(json.dumps(json.loads(self.cfg.to_json()), indent=2) + "\n")
         history: list[dict[str, Any]] = []
         last = self.cfg.epochs if stop_after is None else min(self.cfg.epochs, self.epoch + stop_after)
         progress = training_progress(self.console, disable=self.quiet)
@@ -386,8 +447,9 @@ class Trainer:
                 best = evals["robust_acc"] > self.best_robust
                 self.best_robust = max(self.best_robust, evals["robust_acc"])
                 self.save(best)
-                with open(self.run_dir / METRICS_FILE, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                if self.dist.is_main:
+                    with open(self.run_dir / METRICS_FILE, "a") as f:
+                        f.write(json.dumps(record) + "\n")
                 history.append(record)
                 if not self.quiet:
                     self.console.print(

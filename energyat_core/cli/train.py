@@ -10,8 +10,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from energyat_core import distributed
 from energyat_core.engine import CONFIG_FILE, Trainer, prepare_run_dir
-from energyat_core.errors import RunDirError
+from energyat_core.errors import ConfigError, RunDirError
 from energyat_core.registry import get_registry
 from energyat_core.runconfig import RunConfig, compose
 
@@ -106,6 +107,7 @@ def train(
         if not quiet:
             console.print(f"resuming '{run_dir}' after epoch {trainer.epoch}")
         trainer.fit(stop_after)
+        distributed.shutdown(trainer.dist)
         return
     flags = {
         "method": method,
@@ -144,8 +146,12 @@ def train(
     if proxy_ratio is not None:
         sets.append(f"source.ratio={proxy_ratio}")
     cfg = compose(registry, config_file=config, flags=flags, sets=sets)
+    info = distributed.from_environment()
+    if out is None and info.enabled:
+        raise ConfigError("--out is required under torchrun", "name the run directory, e.g. --out runs/ddp")
     run_dir = out or Path("runs") / f"{cfg.method or cfg.attack}-{time.strftime('%Y%m%d-%H%M%S')}"
-    prepare_run_dir(run_dir, cfg, resume=False, overwrite=overwrite)
+    if info.is_main:  # the other ranks never write into the run directory
+        prepare_run_dir(run_dir, cfg, resume=False, overwrite=overwrite)
     trainer = Trainer(cfg, run_dir, registry, console, quiet=quiet)
     if not quiet:
         console.print(
@@ -154,3 +160,4 @@ def train(
             f" -> {run_dir}"
         )
     trainer.fit(stop_after)
+    distributed.shutdown(trainer.dist)

@@ -19,20 +19,14 @@ class SmallConvNet(nn.Module):
     CIFAR-sized images takes about 10 ms on two CPU cores.
     """
 
-    def __init__(self, num_classes: int = 10, width: int = 16, in_channels: int = 3) -> None:
+    def __init__(self, num_classes: int = 10, width: int = 16, in_channels: int = 3, batchnorm: bool = True) -> None:
         super().__init__()
+        layers: list[nn.Module] = []
+        for c_in, c_out in ((in_channels, width), (width, 2 * width), (2 * width, 4 * width)):
+            layers.append(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=not batchnorm))
+            layers += [nn.BatchNorm2d(c_out), nn.ReLU()] if batchnorm else [nn.ReLU()]
+        self.body = nn.Sequential(*layers)
         w = width
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(w),
-            nn.ReLU(),
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(2 * w),
-            nn.ReLU(),
-            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(4 * w),
-            nn.ReLU(),
-        )
         self.linear = nn.Linear(4 * w, num_classes)
         init_cifar_weights(self)
 
@@ -54,10 +48,11 @@ class SmallCNN(Backbone):
     class Config:
         width: int = option(16, "channels of the first layer (2x and 4x in the next two)")
         in_channels: int = option(3, "input image channels")
+        batchnorm: bool = option(True, "BatchNorm after each conv (off: samples independent, for exact DDP checks)")
 
         def __post_init__(self) -> None:
             check_positive("width", self.width)
             check_positive("in_channels", self.in_channels)
 
     def build(self, num_classes: int) -> nn.Module:
-        return SmallConvNet(num_classes, self.config.width, self.config.in_channels)
+        return SmallConvNet(num_classes, self.config.width, self.config.in_channels, self.config.batchnorm)
