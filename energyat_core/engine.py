@@ -190,7 +190,7 @@ class Trainer:
             cfg.batch_size // self.dist.world_size,
             self.device,
             shuffle=True,
-            augment=cfg.augment,
+            augment=self.data.augment if cfg.augment is None else cfg.augment,
             drop_last=len(self.data.train_y) > cfg.batch_size,
             seed=cfg.seed,
             rank=self.dist.rank,

@@ -52,7 +52,9 @@ class RunConfig:
     precision: Literal["auto", "bf16", "fp16", "fp32"] = option("auto", "auto: bf16 on CUDA, fp32 on CPU")
     compile: bool = option(False, "torch.compile the backbone")
     channels_last: bool = option(True, "channels_last memory layout on CUDA")
-    augment: bool = option(True, "random crop (4px padding) and horizontal flip of training images")
+    augment: bool | None = option(
+        None, "random crop (4px padding) and horizontal flip; default: on, except for the synthetic dataset"
+    )
     attack_bn: Literal["eval", "train"] = option("eval", "BatchNorm mode while the attack runs (eval: Madry et al.)")
     eval_n: int = option(512, "held-out test images used for the per-epoch clean/robust accuracy")
     eval_steps: int = option(10, "PGD steps of the per-epoch robust accuracy")
