@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from importlib import metadata
 
 import pytest
 
 from energyat_core import plugins as plugins_mod
-from energyat_core.components import Attack
-from energyat_core.config import option
 from energyat_core.errors import ConfigError
 from energyat_core.registry import Registry
 
@@ -60,17 +57,6 @@ def test_unknown_kind(registry):
         registry.names("attacks")
 
 
-class _Noise(Attack):
-    """A test attack."""
-
-    @dataclass
-    class Config:
-        eps: float = option(0.1, "radius")
-
-    def perturb(self, model, x, y):
-        return x
-
-
 def _fake_plugin(tmp_path, monkeypatch, name: str, source: str) -> metadata.EntryPoint:
     (tmp_path / f"{name}.py").write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -114,8 +100,8 @@ def test_disable_switch(tmp_path, monkeypatch):
         tmp_path,
         monkeypatch,
         "noise_plug",
-        "from energyat_core import hookimpl\nfrom tests.test_registry import _Noise\n"
-        "@hookimpl\ndef register_attacks(register):\n    register('noise-test', _Noise)\n",
+        "from energyat_core import hookimpl\nfrom energyat_core.builtins import NoAttack\n"
+        "@hookimpl\ndef register_attacks(register):\n    register('noise-test', NoAttack)\n",
     )
     _with_entry_points(monkeypatch, [ep])
     assert "noise-test" in Registry(set()).names("attack")
