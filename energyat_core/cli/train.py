@@ -142,7 +142,7 @@ def train(
     }
     sets = list(set_ or [])
     if proxy is not None:
-        flags["source"] = f"proxy:{proxy}"
+        flags["source"] = f"proxy:{Path(proxy).resolve()}"  # absolute: --resume may run elsewhere
     if proxy_ratio is not None:
         sets.append(f"source.ratio={proxy_ratio}")
     cfg = compose(registry, config_file=config, flags=flags, sets=sets)
