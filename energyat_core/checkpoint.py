@@ -156,7 +156,7 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
     target: torch.nn.Module = model
     own = model.state_dict()
     if not any(k in own for k in state) and hasattr(model, "net"):
-        target = model.net  # a plain backbone state dict
+        target = model.net  # type: ignore[assignment]  # a plain backbone state dict
         own = target.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

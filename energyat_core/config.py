@@ -84,15 +84,16 @@ def coerce(value: Any, tp: Any) -> Any:
             return dict(value)
         raise ValueError
     if origin in (tuple, list):
-        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        item = args[0] if args else Any
+        item_types = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        item = item_types[0] if item_types else Any
+        parts: list[Any]
         if isinstance(value, str):
             parts = [p for p in value.replace(" ", "").split(",") if p]
         elif isinstance(value, (list, tuple)):
             parts = list(value)
         else:
             raise ValueError
-        return origin(coerce(p, item) for p in parts)
+        return origin(coerce(p, item) for p in parts)  # type: ignore[operator]
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -13,18 +13,18 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from rich.console import Console
 
 from energyat_core import checkpoint as ckpt
 from energyat_core import distributed
-from energyat_core.components import Batch, RunContext
+from energyat_core.components import Attack, Backbone, Batch, Dataset, DataSource, Loss, RunContext, Weighter
 from energyat_core.data import DeviceLoader, ImageData
 from energyat_core.errors import ConfigError, NonFiniteError, RunDirError
 from energyat_core.evaluation import quick_eval
-from energyat_core.models import build_classifier
+from energyat_core.models import Classifier, build_classifier
 from energyat_core.precision import autocast, resolve_device, resolve_precision
 from energyat_core.progress import table, training_progress
 from energyat_core.registry import Registry
@@ -66,7 +66,7 @@ class EpochStats:
 
 def build_data(registry: Registry, cfg: RunConfig) -> ImageData:
     """Load and validate the run's dataset (train subset if ``max_train``)."""
-    dataset = registry.create("dataset", cfg.dataset, **cfg.component_options("dataset"))
+    dataset = cast(Dataset, registry.create("dataset", cfg.dataset, **cfg.component_options("dataset")))
     data = dataset.load(cfg.data_dir)
     data.validate()
     if cfg.max_train is not None:
@@ -75,7 +75,7 @@ def build_data(registry: Registry, cfg: RunConfig) -> ImageData:
 
 
 def build_model(registry: Registry, cfg: RunConfig, data: ImageData, device: torch.device) -> torch.nn.Module:
-    backbone = registry.create("backbone", cfg.backbone, **cfg.component_options("backbone"))
+    backbone = cast(Backbone, registry.create("backbone", cfg.backbone, **cfg.component_options("backbone")))
     model = build_classifier(backbone, data.num_classes, data.mean, data.std).to(device)
     if cfg.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -84,7 +84,7 @@ def build_model(registry: Registry, cfg: RunConfig, data: ImageData, device: tor
 
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    fast = {"fused": True} if device.type == "cuda" else {}  # one kernel for the whole update
+    fast: dict[str, Any] = {"fused": True} if device.type == "cuda" else {}  # one kernel for the whole update
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov, **fast
@@ -173,10 +173,14 @@ class Trainer:
             precision=self.precision,
             extras={"seed": cfg.seed, "eps": cfg.eps, "norm": cfg.norm},
         )
-        self.attack = registry.create("attack", cfg.attack, **cfg.component_options("attack"))
-        self.loss = registry.create("loss", cfg.loss, **cfg.component_options("loss"))
-        self.weighter = registry.create("weighter", cfg.weighter, **cfg.component_options("weighter"))
-        self.source = registry.create("source", cfg.source, **cfg.component_options("source")) if cfg.source else None
+        self.attack = cast(Attack, registry.create("attack", cfg.attack, **cfg.component_options("attack")))
+        self.loss = cast(Loss, registry.create("loss", cfg.loss, **cfg.component_options("loss")))
+        self.weighter = cast(Weighter, registry.create("weighter", cfg.weighter, **cfg.component_options("weighter")))
+        self.source = (
+            cast(DataSource, registry.create("source", cfg.source, **cfg.component_options("source")))
+            if cfg.source
+            else None
+        )
         for component in self.components.values():
             component.setup(self.ctx)
         if self.dist.enabled:  # same initial weights everywhere, different attack noise per rank
@@ -218,9 +222,9 @@ class Trainer:
 
     def _compile(self) -> None:
         """torch.compile the forward pass; fall back to eager, with one warning, if compiling fails."""
-        model, console = self.model, self.console
+        model, console = cast(Classifier, self.model), self.console
         try:
-            compiled = torch.compile(model.forward_eager)
+            compiled = torch.compile(model.forward_eager)  # type: ignore[arg-type, operator]
         except Exception as err:  # compilation is an optimisation, never a reason to stop
             console.print(f"[yellow]warning:[/] torch.compile is unavailable here ({err}); running eagerly")
             return

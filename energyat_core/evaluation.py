@@ -61,7 +61,7 @@ def quick_eval(
         with autocast():
             with torch.no_grad():
                 logits = model(xb).float()
-            x_adv = pgd(model, xb, yb, eps=eps, alpha=alpha, steps=steps, norm=norm) if steps > 0 else xb
+            x_adv = pgd(model, xb, yb, eps=eps, alpha=alpha, steps=steps, norm=norm) if steps > 0 else xb  # type: ignore[arg-type]
             with torch.no_grad():
                 logits_adv = model(x_adv).float()
         correct += (logits.argmax(1) == yb).sum().item()

@@ -19,7 +19,7 @@ training and evaluation run exactly the same inner maximisation. Conventions:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -204,7 +204,9 @@ def pgd(
     if objective == "kl":
         with torch.no_grad():
             ref_logits = model(x).detach().float()
-    kwargs = dict(eps=eps, alpha=alpha, steps=steps, norm=norm, objective=objective, random_start=random_start)
+    kwargs: dict[str, Any] = dict(
+        eps=eps, alpha=alpha, steps=steps, norm=norm, objective=objective, random_start=random_start
+    )
 
     best = _single_run(model, x, y, ref_logits, **kwargs)
     if restarts == 1:

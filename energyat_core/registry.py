@@ -11,7 +11,9 @@ may carry its first option after a colon: ``create("backbone", "timm:resnet18")`
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,6 +173,26 @@ def _cached(disabled: frozenset[str]) -> Registry:
     return Registry(set(disabled))
 
 
+#: plugins disabled for the current command (``--disable-plugins``); set by the CLI's ``main``
+_command_disable: str | None = None
+
+
+@contextlib.contextmanager
+def disabled_for_command(disable: str | None) -> Iterator[None]:
+    """Within the block, :func:`get_registry` leaves out ``disable`` (comma-separated names) too."""
+    global _command_disable
+    previous, _command_disable = _command_disable, disable
+    try:
+        yield
+    finally:
+        _command_disable = previous
+
+
 def get_registry(disable: str | None = None) -> Registry:
-    """The registry of this installation (built once per set of disabled plugins)."""
-    return _cached(frozenset(disabled_names(disable)))
+    """The registry of this installation (built once per set of disabled plugins).
+
+    Leaves out the plugins named in ``disable``, in ``ENERGYAT_DISABLE_PLUGINS`` and, while a
+    CLI command runs, in its ``--disable-plugins`` flag.
+    """
+    names = ",".join(x for x in (disable, _command_disable) if x)
+    return _cached(frozenset(disabled_names(names or None)))

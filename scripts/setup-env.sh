@@ -14,7 +14,7 @@ $PIP install -q --upgrade pip setuptools wheel
 # torch first, pinned: these versions come from the local pip cache where there is one
 $VENV/bin/python -c "import torch, torchvision" 2>/dev/null || \
   $PIP install -q "torch==2.14.1" "torchvision==0.29.1"
-$PIP install -q pluggy typer rich safetensors timm numpy matplotlib pytest pytest-xdist ruff mypy
+$PIP install -q pluggy typer rich safetensors timm numpy matplotlib "torch-fidelity==0.4.0" pytest pytest-xdist ruff mypy
 editable=(-e .)
 for d in plugins/*/; do
   [ -f "$d/pyproject.toml" ] && editable+=(-e "$d")

@@ -31,7 +31,7 @@ def _one_line_error(code, err, *needles):
 def test_plugins_lists_distributions(cli):
     code, out, _ = cli("plugins")
     assert code == 0
-    assert "energyat-core" in out and "energyat-pgd" in out and "attack:pgd" in out
+    assert "energyat-core" in out and "energyat-pgd" in out and "attack: pgd" in out
 
 
 def test_describe_shows_options(cli):
@@ -64,11 +64,23 @@ def test_eval_run_dir_needs_no_flags(cli, trained):
 def test_eval_plain_state_dict(cli, trained, tmp_path):
     from safetensors.torch import load_file
 
-    state = {k.removeprefix("net."): v for k, v in load_file(trained / "model.safetensors").items()
-             if k.startswith("net.")}
+    state = {
+        k.removeprefix("net."): v for k, v in load_file(trained / "model.safetensors").items() if k.startswith("net.")
+    }
     save_file(state, tmp_path / "plain.safetensors")
-    code, out, err = cli("eval", "--weights", tmp_path / "plain.safetensors", "--backbone", "small_cnn",
-                         "--dataset", "synthetic", "--n", "50", "--steps", "2")
+    code, out, err = cli(
+        "eval",
+        "--weights",
+        tmp_path / "plain.safetensors",
+        "--backbone",
+        "small_cnn",
+        "--dataset",
+        "synthetic",
+        "--n",
+        "50",
+        "--steps",
+        "2",
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "plain.eval.json").read_text())["n_examples"] == 50
 
@@ -85,7 +97,8 @@ def test_eval_plain_state_dict(cli, trained, tmp_path):
     ],
 )
 def test_bad_training_input_is_one_line(cli, tmp_path, args, needles):
-    code, _, err = cli("train", *QUICK_ARGS, *args, "--out", tmp_path / "r", "--quiet")
+    base = ("--backbone", "small_cnn") if "--dataset" in args else QUICK_ARGS  # QUICK_ARGS sets synthetic's options
+    code, _, err = cli("train", *base, *args, "--out", tmp_path / "r", "--quiet")
     _one_line_error(code, err, *needles)
 
 
@@ -94,8 +107,17 @@ def test_bad_checkpoints_are_one_line(cli, trained, tmp_path):
     bad.write_bytes((trained / "model.safetensors").read_bytes()[:1000])
     code, _, err = cli("eval", "--weights", bad, "--backbone", "small_cnn", "--dataset", "synthetic")
     _one_line_error(code, err, "not a readable safetensors file")
-    code, _, err = cli("eval", "--weights", trained / "model.safetensors", "--backbone", "preact_resnet18",
-                       "--dataset", "synthetic", "--n", "10")
+    code, _, err = cli(
+        "eval",
+        "--weights",
+        trained / "model.safetensors",
+        "--backbone",
+        "preact_resnet18",
+        "--dataset",
+        "synthetic",
+        "--n",
+        "10",
+    )
     _one_line_error(code, err, "does not fit this architecture")
     code, _, err = cli("eval", tmp_path / "missing-run")
     _one_line_error(code, err, "does not exist")
@@ -103,7 +125,7 @@ def test_bad_checkpoints_are_one_line(cli, trained, tmp_path):
 
 def test_example_third_party_plugin_is_listed_and_trains(cli, tmp_path):
     code, out, _ = cli("plugins")
-    assert "energyat-example-plugin" in out and "attack:noise" in out and "weighter:focal" in out
+    assert "energyat-example-plugin" in out and "attack: noise" in out and "weighter: focal" in out
     metrics = quick_train(tmp_path / "ex", "--attack", "noise", "--weighter", "focal", *FAST)
     assert json.loads((tmp_path / "ex" / "config.json").read_text())["attack"] == "noise"
     assert metrics[-1]["fwd_per_sample"] == pytest.approx(1.0)  # the noise attack makes no forward pass

@@ -14,7 +14,8 @@ from energyat_core.errors import NonFiniteError
 from energyat_core.runconfig import compose
 from energyat_core.testing import QUICK_ARGS, quick_train, read_metrics, run_cli
 
-FAST = ("--epochs", "2", "--set", "dataset.n_train=600", "--eval-n", "200", "--set", "attack.steps=3")
+FAST = ("--epochs", "2", "--set", "dataset.n_train=600", "--eval-n", "200")
+PGD3 = ("--method", "pgd-at", "--set", "attack.steps=3")
 
 
 def test_pgd_at_beats_standard_training_under_attack(tmp_path):
@@ -24,8 +25,17 @@ def test_pgd_at_beats_standard_training_under_attack(tmp_path):
     assert std[-1]["robust_acc"] < 0.3  # ...but standard training is not robust
     assert adv[-1]["robust_acc"] > std[-1]["robust_acc"] + 0.2
     # the metrics a user reads every epoch
-    for key in ("train_loss", "clean_acc", "robust_acc", "energy_clean", "energy_adv", "lr", "img_per_s",
-                "fwd_per_sample", "bwd_per_sample"):
+    for key in (
+        "train_loss",
+        "clean_acc",
+        "robust_acc",
+        "energy_clean",
+        "energy_adv",
+        "lr",
+        "img_per_s",
+        "fwd_per_sample",
+        "bwd_per_sample",
+    ):
         assert key in adv[-1]
     # PGD-5 AT: 5 attack steps (forward+backward) + 1 training forward/backward per sample
     assert adv[-1]["fwd_per_sample"] == pytest.approx(6.0)
@@ -34,8 +44,8 @@ def test_pgd_at_beats_standard_training_under_attack(tmp_path):
 
 
 def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
-    whole = quick_train(tmp_path / "whole", "--method", "pgd-at", *FAST)
-    part = quick_train(tmp_path / "part", "--method", "pgd-at", *FAST, "--stop-after", "1")
+    whole = quick_train(tmp_path / "whole", *PGD3, *FAST)
+    part = quick_train(tmp_path / "part", *PGD3, *FAST, "--stop-after", "1")
     assert len(part) == 1
     assert run_cli("train", "--resume", tmp_path / "part", "--quiet") == 0
     resumed = read_metrics(tmp_path / "part")
@@ -64,8 +74,11 @@ def test_output_directory_with_another_run_is_refused(tmp_path, capsys):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, registry, monkeypatch):
-    cfg = compose(registry, flags={"backbone": "small_cnn", "epochs": 3, "device": "cpu", "eval_n": 50,
-                                   "eval_steps": 1}, sets=["dataset.n_train=256", "dataset.n_test=50"])
+    cfg = compose(
+        registry,
+        flags={"backbone": "small_cnn", "epochs": 3, "device": "cpu", "eval_n": 50, "eval_steps": 1},
+        sets=["dataset.n_train=256", "dataset.n_test=50"],
+    )
     trainer = Trainer(cfg, tmp_path / "run", registry, quiet=True)
     trainer.fit(stop_after=1)
     good = load_file(tmp_path / "run" / "model.safetensors")

@@ -11,8 +11,10 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from energyat_core.errors import EnergyATError
+from energyat_core.registry import disabled_for_command
 
 DISABLE_FLAG = "--disable-plugins"
 
@@ -29,7 +31,7 @@ def _disable_from_argv(argv: list[str]) -> str | None:
 
 def build_app(disable: str | None = None) -> typer.Typer:
     """The Typer app with core commands and every plugin's commands."""
-    from energyat_core.cli import evaluate, info, train
+    from energyat_core.cli import evaluate, info, plot, train
     from energyat_core.plugins import call_per_plugin
     from energyat_core.registry import get_registry
 
@@ -55,6 +57,7 @@ def build_app(disable: str | None = None) -> typer.Typer:
     info.add_commands(app)
     train.add_commands(app)
     evaluate.add_commands(app)
+    plot.add_commands(app)
     registry = get_registry(disable)
     call_per_plugin(registry.pm, "register_commands", registry.plugins, lambda _info: {"app": app})
     return app
@@ -65,10 +68,12 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     err = Console(stderr=True)
     try:
-        app = build_app(_disable_from_argv(argv))
-        app(args=argv, prog_name="energyat", standalone_mode=True)
+        disable = _disable_from_argv(argv)
+        with disabled_for_command(disable):
+            app = build_app(disable)
+            app(args=argv, prog_name="energyat", standalone_mode=True)
     except EnergyATError as e:
-        err.print(f"[bold red]error:[/] {e.line()}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(e.line())}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted; a run can continue with `energyat train --resume RUN_DIR`")

@@ -9,7 +9,8 @@ import torch
 import typer
 from rich.console import Console
 
-from energyat_core.config import parse_number
+from energyat_core.components import RunContext
+from energyat_core.config import as_dict, parse_number
 from energyat_core.errors import ConfigError
 from energyat_core.evaluation import batched, predict, report
 from energyat_core.precision import autocast, resolve_device
@@ -17,6 +18,7 @@ from energyat_core.progress import table, task_progress
 from energyat_core.registry import get_registry
 from energyat_core.runconfig import parse_sets
 from energyat_core.runs import load_run, load_weights_file
+from energyat_core.sanity import print_warnings, sanity_checks
 
 
 def add_commands(app: typer.Typer) -> None:
@@ -51,7 +53,15 @@ def evaluate(
         None, "--autoattack", help="Also run AutoAttack (standard, plus, ...); needs the energyat-autoattack plugin."
     ),
     set_: list[str] = typer.Option(
-        None, "--set", help="Evaluator option evaluator.NAME=VALUE (applies to every evaluator that has it)."
+        None,
+        "--set",
+        help="Evaluator option evaluator.OPTION=VALUE (applies to every evaluator that has it), or "
+        "evaluator.NAME.OPTION=VALUE for one evaluator, e.g. evaluator.autoattack.n_iter=20.",
+    ),
+    sanity: bool = typer.Option(
+        True,
+        "--sanity/--no-sanity",
+        help="Check the model first (randomised outputs, probabilities instead of logits, zero gradients).",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 (default, most reliable), bf16 or fp16."),
@@ -89,24 +99,31 @@ def evaluate(
     model = run.model.eval()
 
     names = list(evaluator or ["pgd"])
-    options = parse_sets(set_ or [], kinds=("evaluator",)).get("evaluator", {})
     per_name: dict[str, dict] = {name: {} for name in names}
     if "pgd" in per_name:
         per_name["pgd"].update(steps=steps, restarts=restarts)
     if autoattack:
         per_name["autoattack"] = {"version": autoattack}
-    evaluators = []
-    for name, opts in per_name.items():
-        entry = registry.get("evaluator", name)
-        valid = {f for f in entry.cls.Config.__dataclass_fields__}
-        merged = {**opts, **{k: v for k, v in options.items() if k in valid}}
-        evaluators.append(registry.create("evaluator", name, **merged))
+    evaluators = build_evaluators(registry, per_name, parse_sets(set_ or [], kinds=("evaluator",)).get("evaluator", {}))
 
+    path = out or default_out
+    warnings = sanity_checks(model, x, y) if sanity else []
+    print_warnings(console, warnings)
     with autocast(dev, precision):
         clean = torch.cat([predict(model, x[s], batch_size).argmax(1) == y[s] for s in batched(count, batch_size)])
         per_attack: dict[str, torch.Tensor] = {}
         with task_progress(console) as progress:
+            ctx = RunContext(
+                device=dev,
+                num_classes=run.data.num_classes,
+                data=run.data,
+                run_dir=Path(run_dir) if run_dir is not None else path.parent,
+                model=model,
+                precision=precision,
+                extras={"progress": progress, "console": console},
+            )
             for ev in evaluators:
+                ev.setup(ctx)
                 task = progress.add_task(f"{ev.name}", total=None)
                 per_attack.update(ev.run(model, x, y, eps=eps_value, norm=norm_value, batch_size=batch_size))
                 progress.update(task, total=1, completed=1)
@@ -119,8 +136,14 @@ def evaluate(
         architecture=cfg.backbone,
     )
     result["checkpoint"] = run.source
+    result["seed"] = seed
+    result["precision"] = precision
+    result["evaluators"] = {ev.name: as_dict(ev.config) for ev in evaluators}
+    result["sanity_warnings"] = warnings
     rows = [("clean", f"{result['clean_acc']:.2f}")]
     rows += [(k, f"{v:.2f}") for k, v in result["attacks"].items()]
+    if "autoattack_acc" in result:
+        rows.append(("AutoAttack (worst case over its attacks)", f"{result['autoattack_acc']:.2f}"))
     rows.append(("worst case over attacks", f"{result['robust_acc']:.2f}"))
     console.print(
         table(
@@ -130,7 +153,37 @@ def evaluate(
             rows,
         )
     )
-    path = out or default_out
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     console.print(f"wrote {path}")
+
+
+def build_evaluators(registry, per_name: dict[str, dict], options: dict[str, str]) -> list:
+    """Create the evaluators; ``options`` from ``--set evaluator.OPTION`` or ``evaluator.NAME.OPTION``.
+
+    A plain option goes to every evaluator that has it, a qualified one to the named
+    evaluator only; an option that no evaluator takes is an error, not silently dropped.
+    """
+    entries = {name: registry.get("evaluator", name) for name in per_name}
+    valid = {name: set(entry.cls.Config.__dataclass_fields__) for name, entry in entries.items()}
+    merged = {name: dict(opts) for name, opts in per_name.items()}
+    for key, value in options.items():
+        target, dot, opt = key.partition(".")
+        if dot:
+            if target not in merged:
+                raise ConfigError(
+                    f"--set evaluator.{key} names evaluator '{target}', which is not run",
+                    f"run it with --evaluator {target}, or use one of: {', '.join(merged)}",
+                )
+            takers = [target]
+        else:
+            opt = key
+            takers = [name for name in merged if opt.replace("-", "_") in valid[name]]
+            if not takers:
+                raise ConfigError(
+                    f"no evaluator run here has an option '{key}' (running: {', '.join(merged)})",
+                    "see `energyat describe evaluator NAME` for the options",
+                )
+        for name in takers:
+            merged[name][opt] = value
+    return [registry.create("evaluator", name, **opts) for name, opts in merged.items()]

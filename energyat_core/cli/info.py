@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from energyat_core.components import KINDS
 from energyat_core.config import describe_fields
@@ -11,6 +14,11 @@ from energyat_core.errors import ConfigError
 from energyat_core.progress import table
 from energyat_core.registry import get_registry
 from energyat_core.runconfig import RunConfig
+
+
+def _plain(rows):
+    """Help texts may contain brackets ([0, 1]) that rich would read as markup."""
+    return [tuple(escape(str(c)) for c in row) for row in rows]
 
 
 def add_commands(app: typer.Typer) -> None:
@@ -24,8 +32,21 @@ def plugins() -> None:
     rows = []
     for p in registry.plugins:
         status = "disabled" if p.disabled else ("[red]" + "; ".join(p.errors) + "[/]" if p.errors else "[green]ok[/]")
-        rows.append((p.name, p.distribution, p.version, ", ".join(p.registered) or "-", status))
-    Console().print(table("energyat plugins", ["plugin", "distribution", "version", "registers", "status"], rows))
+        rows.append((p.name, p.distribution, p.version, _grouped(p.registered), status))
+    listing = table("energyat plugins", ["plugin", "distribution", "version", "registers", "status"], rows)
+    for column in listing.columns[:2]:  # names stay whole (and greppable); long load errors wrap
+        column.no_wrap = True
+    listing.columns[4].min_width = 8
+    Console().print(listing)
+
+
+def _grouped(registered: list[str]) -> str:
+    """``['attack:pgd', 'attack:fgsm', 'method:pgd-at']`` -> ``'attack: pgd, fgsm\nmethod: pgd-at'``."""
+    kinds: dict[str, list[str]] = {}
+    for item in registered:
+        kind, _, name = item.partition(":")
+        kinds.setdefault(kind, []).append(name)
+    return "\n".join(f"{kind}: {', '.join(names)}" for kind, names in kinds.items()) or "-"
 
 
 def describe(
@@ -40,7 +61,7 @@ def describe(
             table(
                 "run settings (flags of `energyat train`)",
                 ["setting", "type", "default", "help"],
-                describe_fields(RunConfig),
+                _plain(describe_fields(RunConfig)),
             )
         )
         return
@@ -69,8 +90,8 @@ def describe(
     console.print(f"[bold]{kind} '{entry.name}'[/] (plugin {entry.plugin})")
     doc = (entry.cls.__doc__ or "").strip()
     if doc:
-        console.print(doc)
-    fields = describe_fields(entry.cls.Config)
+        console.print(escape(inspect.cleandoc(doc)))
+    fields = _plain(describe_fields(entry.cls.Config))
     if fields:
         console.print(table("options (--set " + kind + ".NAME=VALUE)", ["option", "type", "default", "help"], fields))
     else:

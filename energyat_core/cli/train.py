@@ -38,10 +38,17 @@ def train(
     dataset: str = _opt("dataset", "--dataset"),
     data_dir: str = _opt("data_dir", "--data-dir"),
     source: str = _opt("source", "--source"),
-    proxy: str = typer.Option(None, "--proxy", help="Proxy-distribution images (.npz of uint8 NHWC images + labels) "
-                              "mixed into every batch; short for --source proxy:PATH (needs energyat-proxy)."),
-    proxy_ratio: str = typer.Option(None, "--proxy-ratio", help="Proxy images per real image in each batch "
-                                    "(default 1, i.e. 128+128); short for --set source.ratio=R."),
+    proxy: str = typer.Option(
+        None,
+        "--proxy",
+        help="Proxy-distribution images (.npz of uint8 NHWC images + labels) "
+        "mixed into every batch; short for --source proxy:PATH (needs energyat-proxy).",
+    ),
+    proxy_ratio: str = typer.Option(
+        None,
+        "--proxy-ratio",
+        help="Proxy images per real image in each batch (default 1, i.e. 128+128); short for --set source.ratio=R.",
+    ),
     set_: list[str] = typer.Option(
         None,
         "--set",

@@ -67,7 +67,7 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> bool:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
         os.replace(tmp_name, path)
         return True
     except OSError as err:

@@ -49,7 +49,7 @@ class ImageData:
             raise DataError(f"{what} has {self.num_classes} classes, at least 2 are needed", fix)
         if len(self.classes) != self.num_classes:
             raise DataError(f"{what} names {len(self.classes)} classes but has num_classes={self.num_classes}", fix)
-        shape = None
+        shape: tuple[int, ...] | None = None
         for split, x, y in (("train", self.train_x, self.train_y), ("test", self.test_x, self.test_y)):
             if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.dim() != 4:
                 got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
@@ -76,6 +76,7 @@ class ImageData:
                     f"{what}: {split} label {bad} is outside [0, {self.num_classes})",
                     "labels must be class indices 0..num_classes-1",
                 )
+        assert shape is not None
         channels = shape[0]
         for stat_name, stat in (("mean", self.mean), ("std", self.std)):
             if len(stat) != channels:

@@ -84,10 +84,10 @@ def decode_file(path: Path, image_size: int | None) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            if image_size is not None and im.size != (image_size, image_size):
-                im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
+            rgb = im.convert("RGB")
+            if image_size is not None and rgb.size != (image_size, image_size):
+                rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
         reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
         raise DataError(f"cannot decode image file {path} ({reason})", "remove or replace the file") from None

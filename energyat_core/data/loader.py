@@ -100,7 +100,8 @@ class DeviceLoader:
         gen = epoch_generator(self.seed, epoch)
         n, w = self.num_samples, self.world_size
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        offsets = flips = None
+        offsets: torch.Tensor | None = None
+        flips: torch.Tensor | None = None
         if self.augment:
             # drawn for the whole epoch in permutation order, so that all ranks draw alike
             offsets, flips = draw_crop_flip(n, PADDING, gen)
@@ -108,7 +109,7 @@ class DeviceLoader:
         position = torch.arange(total) % n  # wraps around when padding, cut when drop_last
         position = position[self.rank :: w]
         idx = order[position]
-        if self.augment:
+        if offsets is not None and flips is not None:
             return idx, offsets[position], flips[position]
         return idx, None, None
 
@@ -117,6 +118,7 @@ class DeviceLoader:
         idx, offsets, flips = self.epoch_indices(epoch)
         idx = idx.to(self.device)
         if offsets is not None:
+            assert flips is not None
             offsets = offsets.to(self.device)
             flips = flips.to(self.device)
         bs = self.batch_size
@@ -124,7 +126,7 @@ class DeviceLoader:
             sl = slice(b * bs, (b + 1) * bs)
             batch_idx = idx[sl]
             xb = self.x[batch_idx]
-            if offsets is not None:
+            if offsets is not None and flips is not None:
                 xb = crop_flip(xb, offsets[sl], flips[sl], PADDING)
             xb = xb.float().div_(255)
             if self.channels_last:

@@ -22,6 +22,11 @@ class Classifier(nn.Module):
     the model is compiled.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+    _compiled: Callable[[torch.Tensor], torch.Tensor] | None
+    _compiled_takes_normalised: bool
+
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()

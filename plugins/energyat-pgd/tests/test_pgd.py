@@ -6,13 +6,13 @@ import dataclasses
 
 import pytest
 import torch
-from energyat_pgd.attacks import FGSM, FGSMRS, PGD, FGSMConfig, FGSMRSConfig, PGDConfig
 from torch import nn
 
 from energyat_core.components import Attack
 from energyat_core.config import build_config
 from energyat_core.errors import ConfigError
 from energyat_core.perturbation import objective_values
+from energyat_pgd.attacks import FGSM, FGSMRS, PGD, FGSMConfig, FGSMRSConfig, PGDConfig
 
 EPS = 8 / 255
 

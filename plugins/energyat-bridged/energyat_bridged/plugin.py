@@ -1,0 +1,47 @@
+"""Hook implementations of the energyat-bridged plugin (entry point ``bridged``)."""
+
+from __future__ import annotations
+
+from energyat_bridged.loss import Bridged
+from energyat_core import hookimpl
+from energyat_core.methods import Method
+
+BAT = Method(
+    name="bat",
+    help=(
+        "Bridged adversarial training (Kim, Lee, Lee, Lee 2021): CE(f(x),y) + beta * sum_{i=1..m} "
+        "KL(p(x_{i-1})||p(x_i)) on m bridges x_i = x + (i/m)(x_adv - x); x_adv from PGD on the CE (10 steps of "
+        "2/255 in the 8/255 L-inf ball, uniform start). The authors left no defaults in code: m=5 and beta=6 are "
+        "energyat's defaults. KL-generated adversary instead: --set attack.objective=kl --set "
+        "attack.random_start=normal. Schedule (energyat's choice; the method's specification gives none): "
+        "TRADES' CIFAR-10 recipe, SGD lr 0.1, momentum 0.9, wd 2e-4, batch 128, 76 epochs, lr x0.1 at 74/76 of "
+        "training"
+    ),
+    attack=("pgd", {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "objective": "ce", "random_start": "uniform"}),
+    loss=("bridged", {"m": 5, "beta": 6.0}),
+    weighter=("uniform", {}),
+    training={
+        "epochs": 76,
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 2e-4,
+        "batch_size": 128,
+        "schedule": "multistep",
+        "milestones": (74 / 76,),
+        "gamma": 0.1,
+    },
+    reference="Kim et al. 2021, arXiv:2108.11135; no reference number is pinned by energyat's specification",
+)
+
+
+@hookimpl
+def register_losses(register):
+    """Register the ``bridged`` loss."""
+    register("bridged", Bridged)
+
+
+@hookimpl
+def register_methods(register):
+    """Register the ``bat`` preset."""
+    register(BAT)

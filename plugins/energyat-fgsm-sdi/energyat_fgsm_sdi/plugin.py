@@ -1,0 +1,59 @@
+"""Hook implementations of the energyat-fgsm-sdi plugin (entry point ``fgsm-sdi``)."""
+
+from __future__ import annotations
+
+from energyat_core import hookimpl
+from energyat_core.methods import Method
+from energyat_fgsm_sdi.attack import FGSMSDI
+
+
+@hookimpl
+def register_attacks(register):
+    """Register the ``fgsm-sdi`` attack (its generator is part of the attack's checkpointed state)."""
+    register("fgsm-sdi", FGSMSDI)
+
+
+FGSM_SDI = Method(
+    name="fgsm-sdi",
+    help=(
+        "FGSM-SDI (Jia et al. 2022, 'Boosting fast adversarial training with learnable adversarial "
+        "initialization'): label-smoothed CE (0.5) on x_adv from one FGSM step of 8/255 taken from a "
+        "sample-dependent initialisation proposed by a generator that is trained jointly to maximise that loss "
+        "(Adam lr 1e-3, wd 5e-4, one update every 20 batches). SGD lr 0.1, momentum 0.9, wd 5e-4, batch 128, "
+        "110 epochs, lr x0.1 at 100/110 and 105/110 of training (--attack-bn train: BatchNorm as in the released code)"
+    ),
+    attack=(
+        "fgsm-sdi",
+        {
+            "eps": 8 / 255,
+            "alpha": 8 / 255,
+            "update_every": 20,
+            "lr": 1e-3,
+            "weight_decay": 5e-4,
+            "label_smoothing": 0.5,
+        },
+    ),
+    loss=("ce", {"label_smoothing": 0.5}),
+    weighter=("uniform", {}),
+    training={
+        "epochs": 110,
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "batch_size": 128,
+        "schedule": "multistep",
+        "milestones": (100 / 110, 105 / 110),
+        "gamma": 0.1,
+    },
+    reference=(
+        "Jia, Zhang, Wu, Wang, Cao: Boosting Fast Adversarial Training with Learnable Adversarial Initialization, "
+        "IEEE TIP 2022 (arXiv 2110.05007); code github.com/jiaxiaojunQAQ/FGSM-SDI. CIFAR-10, ResNet-18, eps 8/255"
+    ),
+)
+
+
+@hookimpl
+def register_methods(register):
+    """Register the ``fgsm-sdi`` training preset."""
+    register(FGSM_SDI)

@@ -1,0 +1,268 @@
+"""The ``jeat`` loss: Joint Energy Adversarial Training (Zhu et al., ICCV 2021), per methods.md.
+
+The batch objective is::
+
+    L = CE(f(x_adv), y) + lambda * (E(x_adv) - E(x_sgld)),      E(x) = -logsumexp_k f(x)_k
+
+with both terms batch means. The engine averages one value per sample, so the loss returns,
+for sample ``i`` of the batch,
+
+    l_i = CE(f(x_adv_i), y_i) + lambda * (E(x_adv_i) - E(x_sgld_i))
+
+where ``x_sgld_i`` is the ``i``-th of the ``B`` model samples drawn for this step: the
+mean over ``i`` is exactly the batch formula (``mean_i E(x_sgld_i)`` is the batch's
+``E(x_sgld)``). The pairing of ``x_adv_i`` with ``x_sgld_i`` is arbitrary and changes
+nothing in the mean; only a non-uniform weighter would make it matter.
+
+Model samples come from a persistent replay buffer (JEM, Grathwohl et al. 2020): each step
+takes ``B`` random buffer entries, restarts each of them from the ``sgld`` sampler's
+initialisation with probability ``reinit_prob`` (0.05), runs ``sgld_steps`` (20) steps of
+SGLD (eta 1, sigma 0.01, model in eval mode) and writes the results back. The buffer
+(images and labels) is part of the training state: it is checkpointed and restored by
+``--resume``.
+
+Divergence guard (the JEM instability): non-finite energies stop the run with a
+:class:`~energyat_core.errors.NonFiniteError` before the update, so the last checkpoint is
+the last good state; ``energy_clip`` optionally clips each sample's energy difference to
+``[-c, c]`` (a clipped sample contributes no energy gradient).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from energyat_core.components import Batch, Loss, RunContext
+from energyat_core.config import option
+from energyat_core.energy import marginal_energy
+from energyat_core.errors import CheckpointError, NonFiniteError
+
+
+@dataclass
+class JEATConfig:
+    """Options of the ``jeat`` loss."""
+
+    lam: float = option(1.0, "weight lambda of the energy term E(x_adv) - E(x_sgld)")
+    buffer_size: int = option(10000, "images in the persistent replay buffer (JEM: 10,000)")
+    reinit_prob: float = option(
+        0.05, "probability that a chain restarts from the initialisation instead of its buffer image (JEM: 0.05)"
+    )
+    sgld_steps: int = option(20, "SGLD steps per training step (JEM: 20)")
+    sgld_eta: float = option(1.0, "SGLD step size eta: v <- m*v - (eta/2)*grad_x E (JEM: 1)")
+    sgld_sigma: float = option(0.01, "SGLD noise std (JEM: 0.01)")
+    sgld_momentum: float = option(0.0, "SGLD momentum (0: plain SGLD)")
+    init: Literal["noise", "gaussian", "pca"] = option(
+        "noise",
+        "start of the buffer and of restarted chains, from the sgld sampler: noise (uniform in [0,1], JEM), "
+        "gaussian or pca (fitted per class on the training set)",
+    )
+    conditional: bool = option(
+        False,
+        "draw x_sgld from E(x,y) = -f(x)_y with the buffer's labels (random classes); "
+        "false (default): from the marginal E(x), as JEM's p(x) term",
+    )
+    energy_clip: float | None = option(
+        None, "clip each sample's E(x_adv_i) - E(x_sgld_i) to [-c, c] (no gradient beyond); none: no clipping"
+    )
+    energy_bn: Literal["joint", "eval", "train"] = option(
+        "joint",
+        "BatchNorm in the one forward pass over [x_adv; x_sgld] that gives both energies: joint (batch statistics "
+        "of that joint batch; running statistics left untouched, so model samples never enter them), eval "
+        "(running statistics) or train (batch statistics, and the samples enter the running statistics)",
+    )
+    energy_limit: float = option(
+        1e4, "stop the run (divergence) when any |E| exceeds this; the energies of a sane classifier stay far below"
+    )
+
+    def __post_init__(self) -> None:
+        if self.buffer_size < 1:
+            raise ValueError(f"buffer_size must be at least 1, got {self.buffer_size}")
+        if not 0.0 <= self.reinit_prob <= 1.0:
+            raise ValueError(f"reinit_prob must be in [0, 1], got {self.reinit_prob}")
+        if self.sgld_steps < 0:
+            raise ValueError(f"sgld_steps must be >= 0, got {self.sgld_steps}")
+        if not self.energy_limit > 0:
+            raise ValueError(f"energy_limit must be positive, got {self.energy_limit}")
+        if self.energy_clip is not None and not self.energy_clip > 0:
+            raise ValueError(f"energy_clip must be positive (or none), got {self.energy_clip}")
+
+    def sampler_options(self) -> dict[str, Any]:
+        """Options of the ``sgld`` sampler these settings mean."""
+        return {
+            "steps": self.sgld_steps,
+            "eta": self.sgld_eta,
+            "sigma": self.sgld_sigma,
+            "momentum": self.sgld_momentum,
+            "init": self.init,
+            "conditional": self.conditional,
+        }
+
+
+def jeat_per_sample(
+    logits_adv: torch.Tensor,
+    y: torch.Tensor,
+    energy_adv: torch.Tensor,
+    energy_sgld: torch.Tensor,
+    lam: float = 1.0,
+    energy_clip: float | None = None,
+) -> torch.Tensor:
+    """``CE(f(x_adv_i), y_i) + lam * clip(E(x_adv_i) - E(x_sgld_i))`` per sample, in float32.
+
+    ``energy_adv`` and ``energy_sgld`` are marginal energies ``-logsumexp_k f_k`` per sample.
+    """
+    ce = F.cross_entropy(logits_adv.float(), y, reduction="none")
+    diff = energy_adv.float() - energy_sgld.float()
+    if energy_clip is not None:
+        diff = diff.clamp(-energy_clip, energy_clip)
+    return ce + lam * diff
+
+
+class _FrozenRunningStats:
+    """Within the context, train-mode BatchNorm layers normalise with batch statistics but leave
+    their running statistics unchanged (momentum 0; the batch counter is restored on exit)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.layers = [
+            m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        ]
+        self.saved: list[tuple[float | None, torch.Tensor | None]] = []
+
+    def __enter__(self) -> None:
+        for m in self.layers:
+            counter = m.num_batches_tracked.detach().clone() if m.num_batches_tracked is not None else None
+            self.saved.append((m.momentum, counter))
+            m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged, bit for bit
+
+    def __exit__(self, *exc: object) -> None:
+        with torch.no_grad():
+            for m, (momentum, counter) in zip(self.layers, self.saved, strict=True):
+                m.momentum = momentum
+                if counter is not None:
+                    m.num_batches_tracked.copy_(counter)
+        self.saved = []
+
+
+class JEAT(Loss):
+    """JEAT (Zhu et al. 2021): CE on x_adv plus lambda * (E(x_adv) - E(x_sgld)), x_sgld from an SGLD replay buffer."""
+
+    Config = JEATConfig
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self.sampler: Any = None
+        self.buffer: torch.Tensor | None = None
+        self.buffer_y: torch.Tensor | None = None
+        self.num_classes = 0
+        self.device = torch.device("cpu")
+        self.run_dir: Any = None
+        self.last: dict[str, float] = {}
+
+    def setup(self, ctx: RunContext) -> None:
+        """Create the ``sgld`` sampler through the registry and fill the buffer from its initialisation."""
+        from energyat_core.registry import get_registry
+
+        self.sampler = get_registry().create("sampler", "sgld", **self.config.sampler_options())
+        self.sampler.setup(ctx)
+        self.num_classes = ctx.num_classes
+        self.device = ctx.device
+        self.run_dir = ctx.run_dir
+        n = self.config.buffer_size
+        self.buffer_y = torch.randint(0, self.num_classes, (n,), device=self.device)
+        self.buffer = self.sampler.init(self.buffer_y)
+
+    # -- replay buffer ---------------------------------------------------------------------
+    def draw(self, model: torch.nn.Module, n: int) -> torch.Tensor:
+        """``n`` model samples: buffer entries (restarted with probability ``reinit_prob``) after SGLD.
+
+        The sampler runs the model in eval mode and restores the mode the engine set. The
+        results are written back to the buffer and returned detached.
+        """
+        assert self.buffer is not None and self.buffer_y is not None, "JEAT.setup(ctx) must run first"
+        idx = torch.randint(0, self.buffer.shape[0], (n,), device=self.device)
+        x0 = self.buffer[idx]
+        y0 = self.buffer_y[idx]
+        restart = torch.rand(n, device=self.device) < self.config.reinit_prob
+        k = int(restart.sum())
+        if k:
+            y_new = torch.randint(0, self.num_classes, (k,), device=self.device)
+            x0[restart] = self.sampler.init(y_new).to(x0.dtype)
+            y0[restart] = y_new
+        x = self.sampler.sample(model, x0, y0 if self.config.conditional else None)
+        self.buffer[idx] = x
+        self.buffer_y[idx] = y0
+        return x
+
+    # -- loss ------------------------------------------------------------------------------
+    def energy_logits(self, model: torch.nn.Module, x_adv: torch.Tensor, x_sgld: torch.Tensor) -> torch.Tensor:
+        """Logits of ``[x_adv; x_sgld]`` in one pass, with gradients, in the BatchNorm mode ``energy_bn``.
+
+        One pass makes both energies the same function of the input. Separate passes, or eval
+        mode for one and train mode for the other, let the network lower E(x_adv) and raise
+        E(x_sgld) by telling the passes apart rather than the images. ``joint`` (default)
+        normalises with the joint batch's statistics, which keeps the energies invariant to the
+        scale of the weights before each BatchNorm, as the CE term is (``eval`` mode is not, and
+        diverges quickly: the network inflates its logits through the stale running
+        statistics); the running statistics are restored afterwards so that the attack,
+        SGLD and evaluation (all in eval mode) keep seeing statistics of data only.
+        """
+        mode = self.config.energy_bn
+        was_training = model.training
+        model.train(mode != "eval")
+        frozen = _FrozenRunningStats(model) if mode == "joint" else contextlib.nullcontext()
+        try:
+            with frozen:
+                return model(torch.cat([x_adv, x_sgld]))
+        finally:
+            model.train(was_training)
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        n = len(batch.y)
+        x_sgld = self.draw(batch.model, n)
+        logits = self.energy_logits(batch.model, batch.x_adv, x_sgld)
+        energies = marginal_energy(logits)
+        e_adv, e_sgld = energies[:n], energies[n:]
+        self._guard(e_adv.detach(), e_sgld.detach())
+        cfg = self.config
+        return jeat_per_sample(batch.logits_adv, batch.y, e_adv, e_sgld, cfg.lam, cfg.energy_clip)
+
+    def _guard(self, e_adv: torch.Tensor, e_sgld: torch.Tensor) -> None:
+        """Stop with a one-line error when the energies are non-finite or beyond ``energy_limit``."""
+        limit = self.config.energy_limit
+        both = torch.cat([e_adv, e_sgld])
+        if bool(torch.isfinite(both).all()) and float(both.abs().max()) <= limit:
+            self.last = {"energy_adv": e_adv.mean().item(), "energy_sgld": e_sgld.mean().item()}
+            return
+        what = "non-finite" if not bool(torch.isfinite(both).all()) else f"larger than {limit:g} in magnitude"
+        raise NonFiniteError(
+            f"JEAT's energies became {what} (mean E(x_adv) {e_adv.mean().item():.4g}, mean E(x_sgld) "
+            f"{e_sgld.mean().item():.4g}): the energy term diverged; the run stopped before the update and the "
+            f"last good checkpoint is kept in '{self.run_dir}'",
+            "lower --lr or loss.lam, or clip the term with --set loss.energy_clip=10, then continue with "
+            "`energyat train --resume RUN_DIR`",
+        )
+
+    # -- checkpointing ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The replay buffer: images (float32 [N, C, H, W] in [0,1]) and their labels."""
+        if self.buffer is None or self.buffer_y is None:
+            return {}
+        return {"buffer": self.buffer, "labels": self.buffer_y}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the replay buffer saved by :meth:`state_dict`."""
+        if not state:
+            return
+        buffer, labels = state["buffer"], state["labels"]
+        if self.buffer is not None and tuple(buffer.shape) != tuple(self.buffer.shape):
+            raise CheckpointError(
+                f"the saved JEAT replay buffer has shape {tuple(buffer.shape)}, this run expects "
+                f"{tuple(self.buffer.shape)}",
+                "resume with the run's own config (loss.buffer_size and the dataset must not change)",
+            )
+        self.buffer = buffer.to(self.device, torch.float32).clone()
+        self.buffer_y = labels.to(self.device, torch.int64).clone()

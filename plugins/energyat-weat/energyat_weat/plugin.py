@@ -1,0 +1,44 @@
+"""Hook implementations of the energyat-weat plugin (entry point ``weat``)."""
+
+from __future__ import annotations
+
+from energyat_core import hookimpl
+from energyat_core.methods import Method
+from energyat_weat.weighter import EnergyWeighter
+
+WEAT = Method(
+    name="weat",
+    help=(
+        "Weighted Energy Adversarial Training (Mirza et al., ECCV 2024): the TRADES loss (beta 6) with per-sample "
+        "weights 1/softplus(|E(x)|) from the clean marginal energy on both terms; x_adv as TRADES (KL objective, "
+        "10 steps of 2/255 in the 8/255 L-inf ball from x + 0.001*N(0,I)). Variant 'nat' (CE on x, default); "
+        "variant 'adv' (CE on x_adv): --set loss.ce_on=adv. Their schedule: SGD lr 0.1, momentum 0.9, wd 5e-4, "
+        "batch 128, 100 epochs, OneCycle (peak 0.1, 25% warm-up) stepped per batch"
+    ),
+    attack=("pgd", {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "objective": "kl", "random_start": "normal"}),
+    loss=("trades", {"beta": 6.0, "ce_on": "clean"}),
+    weighter=("energy", {}),
+    training={
+        "epochs": 100,
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "batch_size": 128,
+        "schedule": "onecycle",
+        "warmup": 0.25,
+    },
+    reference="Mirza et al., ECCV 2024 (arXiv:2407.06315); no reference number is pinned by energyat's specification",
+)
+
+
+@hookimpl
+def register_weighters(register):
+    """Register the ``energy`` weighter."""
+    register("energy", EnergyWeighter)
+
+
+@hookimpl
+def register_methods(register):
+    """Register the ``weat`` preset."""
+    register(WEAT)
