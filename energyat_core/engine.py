@@ -21,7 +21,7 @@ from rich.console import Console
 from energyat_core import checkpoint as ckpt
 from energyat_core import distributed
 from energyat_core.components import Attack, Backbone, Batch, Dataset, DataSource, Loss, RunContext, Weighter
-from energyat_core.data import DeviceLoader, ImageData
+from energyat_core.data import ImageData, make_loader
 from energyat_core.errors import ConfigError, NonFiniteError, RunDirError
 from energyat_core.evaluation import quick_eval
 from energyat_core.models import Classifier, build_classifier
@@ -188,9 +188,8 @@ class Trainer:
 
         self.optimizer = make_optimizer(cfg, self.model, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.loader = DeviceLoader(
-            self.data.train_x,
-            self.data.train_y,
+        self.loader = make_loader(  # DeviceLoader, or StreamingLoader if the training images stay on disk
+            self.data,
             cfg.batch_size // self.dist.world_size,
             self.device,
             shuffle=True,

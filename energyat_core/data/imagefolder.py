@@ -8,6 +8,14 @@ made of the folder, the name, size and modification time of every file, and
 ``image_size``, so a second load takes a fraction of a second and any change to the
 files is picked up. The normalisation statistics are the per-channel mean and standard
 deviation of the training images.
+
+With ``stream`` on (for folders too large for memory, e.g. ImageNet-sized ones) the
+training images are not decoded at load time: :class:`ImageFiles` lists them, and
+DataLoader workers decode each batch anew every epoch (see
+:class:`energyat_core.data.stream.StreamingLoader`). The test images are still decoded
+into memory. The statistics then come from an evenly spaced sample of at most
+:data:`STREAM_STATS_SAMPLE` training images, and only those statistics, a few sample
+images and the test split are cached.
 """
 
 from __future__ import annotations
@@ -29,9 +37,13 @@ from energyat_core.errors import DataError
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 LAYOUT = "PATH/train/<class>/*.png and PATH/test/<class>/*.png"
 #: bump when the decoding changes, so that old cache files are not used
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: files in a fixed shuffled order
 #: below this many files decoding in the main process is faster than starting workers
 PARALLEL_MIN_FILES = 4000
+#: with ``stream``: training images (evenly spaced over the sorted list) that the mean and std are computed from
+STREAM_STATS_SAMPLE = 2048
+#: with ``stream``: decoded training images kept in ``ImageData.train_x`` (image shape, validation)
+STREAM_PROBE = 8
 
 
 def is_imagefolder(path: str | os.PathLike) -> bool:
@@ -45,7 +57,7 @@ def is_imagefolder(path: str | os.PathLike) -> bool:
 
 
 def list_split(root: Path, split: str) -> tuple[list[str], list[tuple[Path, int]]]:
-    """Class names (sorted) and (file, label) pairs of ``root/split``; DataError if malformed."""
+    """Class names (sorted) and (file, label) pairs of ``root/split``, in a fixed shuffled order; DataError if bad."""
     folder = root / split
     if not folder.is_dir():
         raise DataError(f"{root} has no {split}/ subfolder", f"lay the images out as {LAYOUT}")
@@ -66,7 +78,11 @@ def list_split(root: Path, split: str) -> tuple[list[str], list[tuple[Path, int]
                 f"add images ({', '.join(sorted(IMAGE_EXTENSIONS))}) or remove the folder from train/ and test/",
             )
         files.extend((class_dir / n, label) for n in names)
-    return classes, files
+    # a fixed interleaving of the classes (seed 0, the same on every machine): the first N
+    # images of a split -- evaluation's --n / --eval-n, --max-train -- are then a random,
+    # roughly class-balanced sample rather than the first classes only
+    order = np.random.default_rng(0).permutation(len(files))
+    return classes, [files[i] for i in order]
 
 
 def file_summary(root: Path, files: list[tuple[Path, int]]) -> list[tuple[str, int, int]]:
@@ -132,6 +148,63 @@ def decode_images(paths: list[Path], image_size: int | None, workers: int = 0) -
     return np.stack(arrays)
 
 
+class ImageFiles(torch.utils.data.Dataset):
+    """Training images left on disk: ``files[i]`` decodes image ``i`` to a uint8 tensor (C, H, W).
+
+    Picklable and small (the relative file names are one numpy bytes array, not a list
+    of Python strings), so DataLoader workers can hold it without copying the list of
+    a million-file folder page by page. ``shape`` is the (C, H, W) every image must
+    decode to; a file of another size raises a :class:`DataError` naming it. ``workers``
+    is the number of DataLoader worker processes asked for (0: one per CPU core, up to 8).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        names: np.ndarray,
+        image_size: int | None,
+        shape: tuple[int, int, int],
+        workers: int = 0,
+    ) -> None:
+        self.root = str(root)
+        self.names = names  # bytes [N]: paths relative to root, as os.fsencode writes them
+        self.image_size = image_size
+        self.shape = shape
+        self.workers = workers
+
+    @classmethod
+    def from_paths(
+        cls, root: Path, paths: list[Path], image_size: int | None, shape: tuple[int, int, int], workers: int = 0
+    ) -> ImageFiles:
+        names = np.array([os.fsencode(p.relative_to(root).as_posix()) for p in paths], dtype=np.bytes_)
+        return cls(root, names, image_size, shape, workers)
+
+    def __len__(self) -> int:
+        return int(self.names.shape[0])
+
+    def path(self, i: int) -> Path:
+        return Path(self.root) / os.fsdecode(bytes(self.names[i]))
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        path = self.path(i)
+        arr = decode_file(path, self.image_size)
+        shape = (arr.shape[2], arr.shape[0], arr.shape[1])
+        if shape != self.shape:
+            c, h, w = self.shape
+            raise DataError(
+                f"image {path} is {arr.shape[1]}x{arr.shape[0]}, the other training images are {w}x{h}",
+                "set image_size to resize them all, e.g. --set dataset.image_size=224",
+            )
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+    def subset(self, n: int) -> ImageFiles:
+        """The first ``n`` files (all of them if ``n`` is larger)."""
+        return ImageFiles(self.root, self.names[:n], self.image_size, self.shape, self.workers)
+
+    def __repr__(self) -> str:
+        return f"ImageFiles({len(self)} files under {self.root!r})"
+
+
 def channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images (N, C, H, W), on the [0, 1] scale."""
     c = x.shape[1]
@@ -155,8 +228,16 @@ class ImageFolder(Dataset):
     class Config:
         path: str = option("", "folder holding train/<class>/ and test/<class>/ (--dataset imagefolder:PATH)")
         image_size: int | None = option(None, "resize every image to this side length (None: keep; sizes must agree)")
-        workers: int = option(0, "processes that decode the images (0: one per CPU core, up to 8)")
+        workers: int = option(
+            0,
+            "processes that decode the images, with stream: DataLoader workers per rank (0: one per CPU core, up to 8)",
+        )
         cache: bool = option(True, "cache the decoded images (ENERGYAT_CACHE_DIR, default ~/.cache/energyat/cache)")
+        stream: bool = option(
+            False,
+            "decode the training images in DataLoader workers every epoch instead of holding them in memory "
+            "(folders larger than RAM or GPU memory); the test images are still loaded",
+        )
 
         def __post_init__(self):
             if self.image_size is not None and self.image_size < 1:
@@ -189,6 +270,8 @@ class ImageFolder(Dataset):
                 f"(only in train: {', '.join(only_train) or '-'}; only in test: {', '.join(only_test) or '-'})",
                 "give train/ and test/ the same class folders",
             )
+        if cfg.stream:
+            return self._load_streamed(root, name, train_classes, train_files, test_files, mean, std)
         arrays = None
         path_of_cache = None
         if cfg.cache:
@@ -235,4 +318,71 @@ class ImageFolder(Dataset):
             mean=tuple(mean) if mean is not None else tuple(float(v) for v in arrays["mean"]),
             std=tuple(std) if std is not None else tuple(float(v) for v in arrays["std"]),
             name=name,
+        ).validate()
+
+    def _load_streamed(
+        self,
+        root: Path,
+        name: str,
+        classes: list[str],
+        train_files: list[tuple[Path, int]],
+        test_files: list[tuple[Path, int]],
+        mean: tuple[float, ...] | None,
+        std: tuple[float, ...] | None,
+    ) -> ImageData:
+        """``load_folder`` with ``stream``: list the training files, decode a sample and the test split."""
+        cfg = self.config
+        train_paths = [p for p, _ in train_files]
+        arrays = None
+        path_of_cache = None
+        if cfg.cache:
+            key = cache_key(
+                CACHE_VERSION,
+                "stream",
+                STREAM_STATS_SAMPLE,
+                STREAM_PROBE,
+                str(root),
+                cfg.image_size,
+                file_summary(root, train_files),
+                file_summary(root, test_files),
+            )
+            path_of_cache = cache_path("imagefolder", key)
+            arrays = load_arrays(path_of_cache)
+        if arrays is None:
+            n = len(train_paths)
+            picks = np.unique(np.linspace(0, n - 1, num=min(n, STREAM_STATS_SAMPLE)).round().astype(np.int64))
+            sample = decode_images([train_paths[i] for i in picks], cfg.image_size, cfg.workers)
+            test_x = decode_images([p for p, _ in test_files], cfg.image_size, cfg.workers)
+            if sample.shape[1:] != test_x.shape[1:]:
+                raise DataError(
+                    f"train images of {root} are {sample.shape[2]}x{sample.shape[1]} but test images are "
+                    f"{test_x.shape[2]}x{test_x.shape[1]}",
+                    "set image_size to resize them all, e.g. --set dataset.image_size=224",
+                )
+            sample = np.ascontiguousarray(sample.transpose(0, 3, 1, 2))
+            data_mean, data_std = channel_stats(sample)
+            arrays = {
+                "probe": sample[:STREAM_PROBE].copy(),
+                "test_x": np.ascontiguousarray(test_x.transpose(0, 3, 1, 2)),
+                "test_y": np.array([label for _, label in test_files], dtype=np.int64),
+                "classes": np.array(classes),
+                "mean": np.array(data_mean, dtype=np.float64),
+                "std": np.array(data_std, dtype=np.float64),
+            }
+            if path_of_cache is not None:
+                save_arrays(path_of_cache, arrays)
+        probe = torch.from_numpy(arrays["probe"])
+        c, h, w = (int(s) for s in probe.shape[1:])
+        files = ImageFiles.from_paths(root, train_paths, cfg.image_size, (c, h, w), cfg.workers)
+        return ImageData(
+            train_x=probe,
+            train_y=torch.tensor([label for _, label in train_files], dtype=torch.int64),
+            test_x=torch.from_numpy(arrays["test_x"]),
+            test_y=torch.from_numpy(arrays["test_y"]),
+            num_classes=len(classes),
+            classes=classes,
+            mean=tuple(mean) if mean is not None else tuple(float(v) for v in arrays["mean"]),
+            std=tuple(std) if std is not None else tuple(float(v) for v in arrays["std"]),
+            name=name,
+            train_files=files,
         ).validate()

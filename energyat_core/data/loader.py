@@ -30,7 +30,72 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return gen
 
 
-class DeviceLoader:
+class ShardedEpochs:
+    """The order of one epoch and how it is split over ranks and batches, from ``(seed, epoch)`` alone.
+
+    Shared by :class:`DeviceLoader` and :class:`~energyat_core.data.stream.StreamingLoader`,
+    so that both serve the same images, crops and flips in the same batches.
+    """
+
+    def _plan(
+        self,
+        n: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        augment: bool,
+        drop_last: bool,
+        seed: int,
+        rank: int,
+        world_size: int,
+    ) -> None:
+        """Check and store the settings of the split (called by the loaders' ``__init__``)."""
+        if batch_size < 1:
+            raise DataError(f"batch size {batch_size} is not positive", "use a batch size of at least 1")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} does not fit world size {world_size}", "use 0 <= rank < world_size")
+        if n < world_size:
+            raise DataError(f"{n} images cannot be split over {world_size} processes", "use more images")
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self.drop_last = drop_last
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.num_samples = n
+
+    @property
+    def per_rank(self) -> int:
+        """Images this rank sees per epoch."""
+        n, w = self.num_samples, self.world_size
+        return n // w if self.drop_last else -(-n // w)
+
+    def __len__(self) -> int:
+        """Batches per epoch (the same on every rank)."""
+        m = self.per_rank
+        return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
+
+    def epoch_indices(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """This rank's image indices for ``epoch`` and, with augmentation, their crop offsets and flips (CPU)."""
+        gen = epoch_generator(self.seed, epoch)
+        n, w = self.num_samples, self.world_size
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        offsets: torch.Tensor | None = None
+        flips: torch.Tensor | None = None
+        if self.augment:
+            # drawn for the whole epoch in permutation order, so that all ranks draw alike
+            offsets, flips = draw_crop_flip(n, PADDING, gen)
+        total = self.per_rank * w
+        position = torch.arange(total) % n  # wraps around when padding, cut when drop_last
+        position = position[self.rank :: w]
+        idx = order[position]
+        if offsets is not None and flips is not None:
+            return idx, offsets[position], flips[position]
+        return idx, None, None
+
+
+class DeviceLoader(ShardedEpochs):
     """Iterates (x, y) batches of uint8 images held on ``device``; x comes out float32 in [0, 1].
 
     With ``world_size > 1`` every rank takes every ``world_size``-th entry of the epoch's
@@ -64,54 +129,20 @@ class DeviceLoader:
                 f"DeviceLoader got {x_uint8.shape[0]} images but labels of shape {tuple(y.shape)}",
                 "pass one label per image",
             )
-        if batch_size < 1:
-            raise DataError(f"batch size {batch_size} is not positive", "use a batch size of at least 1")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise DataError(f"rank {rank} does not fit world size {world_size}", "use 0 <= rank < world_size")
-        n = x_uint8.shape[0]
-        if n < world_size:
-            raise DataError(f"{n} images cannot be split over {world_size} processes", "use more images")
+        self._plan(
+            x_uint8.shape[0],
+            batch_size,
+            shuffle=shuffle,
+            augment=augment,
+            drop_last=drop_last,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+        )
         self.device = torch.device(device)
         self.x = x_uint8.to(self.device)
         self.y = y.to(device=self.device, dtype=torch.int64)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.augment = augment
-        self.drop_last = drop_last
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
         self.channels_last = channels_last
-        self.num_samples = n
-
-    @property
-    def per_rank(self) -> int:
-        """Images this rank sees per epoch."""
-        n, w = self.num_samples, self.world_size
-        return n // w if self.drop_last else -(-n // w)
-
-    def __len__(self) -> int:
-        """Batches per epoch (the same on every rank)."""
-        m = self.per_rank
-        return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
-
-    def epoch_indices(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """This rank's image indices for ``epoch`` and, with augmentation, their crop offsets and flips (CPU)."""
-        gen = epoch_generator(self.seed, epoch)
-        n, w = self.num_samples, self.world_size
-        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        offsets: torch.Tensor | None = None
-        flips: torch.Tensor | None = None
-        if self.augment:
-            # drawn for the whole epoch in permutation order, so that all ranks draw alike
-            offsets, flips = draw_crop_flip(n, PADDING, gen)
-        total = self.per_rank * w
-        position = torch.arange(total) % n  # wraps around when padding, cut when drop_last
-        position = position[self.rank :: w]
-        idx = order[position]
-        if offsets is not None and flips is not None:
-            return idx, offsets[position], flips[position]
-        return idx, None, None
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of ``epoch`` (skipping the first ``start_batch``), as (float x, int64 y) on the device."""

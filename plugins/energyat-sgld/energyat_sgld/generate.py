@@ -137,6 +137,8 @@ def generate(
     run = load_run(run_dir, which=checkpoint, device=dev, registry=registry)
     model = run.model.eval()
     num_classes = run.data.num_classes
+    if names and real_n <= 0:
+        run.data.require_in_memory("--real-n 0 (FID against every training image)", "pass --real-n N, e.g. 10000")
     judge_run = None
     if judge is not None:
         judge_run = load_run(judge, device=dev, registry=registry)
@@ -213,7 +215,11 @@ def generate(
         summary["accuracy"]["judge"] = {"run": str(judge), "checkpoint": judge_run.source, **judged}
     if names:
         assert extractor is not None
-        real = run.data.train_x if real_n <= 0 else run.data.train_x[:real_n]
+        if run.data.train_files is not None:  # streamed from disk: decode the first real_n training images
+            files = run.data.train_files
+            real = torch.stack([files[i] for i in range(min(real_n, len(files)))])
+        else:
+            real = run.data.train_x if real_n <= 0 else run.data.train_x[:real_n]
         summary["metrics"] = metrics_mod.compute_metrics(all_images, real, names, extractor)
         summary["metrics"]["real_n"] = int(len(real))
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")

@@ -108,6 +108,10 @@ class SGLD(Sampler):
         self.num_classes = ctx.data.num_classes
         self.image_shape = ctx.data.image_shape
         if self.config.init != "noise":
+            ctx.data.require_in_memory(
+                f"sampler 'sgld' with init={self.config.init} (fitted per class on the training images)",
+                "use init=noise, or train without --set dataset.stream=true",
+            )
             self.stats, self.fit_report = load_or_fit(
                 ctx.data.train_x,
                 ctx.data.train_y,
