@@ -48,6 +48,8 @@ class ShardedEpochs:
         seed: int,
         rank: int,
         world_size: int,
+        device: torch.device | str,
+        channels_last: bool,
     ) -> None:
         """Check and store the settings of the split (called by the loaders' ``__init__``)."""
         if batch_size < 1:
@@ -64,6 +66,8 @@ class ShardedEpochs:
         self.rank = rank
         self.world_size = world_size
         self.num_samples = n
+        self.device = torch.device(device)
+        self.channels_last = channels_last
 
     @property
     def per_rank(self) -> int:
@@ -93,6 +97,27 @@ class ShardedEpochs:
         if offsets is not None and flips is not None:
             return idx, offsets[position], flips[position]
         return idx, None, None
+
+    def augmentation_on_device(
+        self, offsets: torch.Tensor | None, flips: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The epoch's crop offsets and flips (from :meth:`epoch_indices`) on the device; None without."""
+        if offsets is None or flips is None:
+            return None
+        return offsets.to(self.device), flips.to(self.device)
+
+    def model_input(
+        self, xb: torch.Tensor, sl: slice, augmentation: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> torch.Tensor:
+        """A uint8 batch on the device as the model takes it: cropped and flipped (entries ``sl`` of
+        the epoch's augmentation), float32 in [0, 1], channels_last if asked."""
+        if augmentation is not None:
+            offsets, flips = augmentation
+            xb = crop_flip(xb, offsets[sl], flips[sl], PADDING)
+        xb = xb.float().div_(255)
+        if self.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        return xb
 
 
 class DeviceLoader(ShardedEpochs):
@@ -138,31 +163,22 @@ class DeviceLoader(ShardedEpochs):
             seed=seed,
             rank=rank,
             world_size=world_size,
+            device=device,
+            channels_last=channels_last,
         )
-        self.device = torch.device(device)
         self.x = x_uint8.to(self.device)
         self.y = y.to(device=self.device, dtype=torch.int64)
-        self.channels_last = channels_last
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of ``epoch`` (skipping the first ``start_batch``), as (float x, int64 y) on the device."""
         idx, offsets, flips = self.epoch_indices(epoch)
         idx = idx.to(self.device)
-        if offsets is not None:
-            assert flips is not None
-            offsets = offsets.to(self.device)
-            flips = flips.to(self.device)
+        augmentation = self.augmentation_on_device(offsets, flips)
         bs = self.batch_size
         for b in range(start_batch, len(self)):
             sl = slice(b * bs, (b + 1) * bs)
             batch_idx = idx[sl]
-            xb = self.x[batch_idx]
-            if offsets is not None and flips is not None:
-                xb = crop_flip(xb, offsets[sl], flips[sl], PADDING)
-            xb = xb.float().div_(255)
-            if self.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            yield xb, self.y[batch_idx]
+            yield self.model_input(self.x[batch_idx], sl, augmentation), self.y[batch_idx]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of epoch 0 (use :meth:`epoch` during training)."""

@@ -24,9 +24,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-from energyat_core.data.augment import crop_flip
 from energyat_core.data.image_data import ImageData
-from energyat_core.data.loader import PADDING, DeviceLoader, ShardedEpochs
+from energyat_core.data.loader import DeviceLoader, ShardedEpochs
 from energyat_core.errors import DataError, EnergyATError
 
 #: DataLoader workers when the dataset asks for "one per CPU core" (workers=0)
@@ -127,10 +126,10 @@ class StreamingLoader(ShardedEpochs):
             seed=seed,
             rank=rank,
             world_size=world_size,
+            device=device,
+            channels_last=channels_last,
         )
-        self.device = torch.device(device)
         self.y = y.to(device=self.device, dtype=torch.int64)
-        self.channels_last = channels_last
         self.workers = workers
         self._sampler = _EpochBatches()
         self._loader = DataLoader(
@@ -149,10 +148,7 @@ class StreamingLoader(ShardedEpochs):
         batches = range(start_batch, len(self))
         self._sampler.batches = [idx[b * bs : (b + 1) * bs].tolist() for b in batches]
         idx = idx.to(self.device)
-        if offsets is not None:
-            assert flips is not None
-            offsets = offsets.to(self.device)
-            flips = flips.to(self.device)
+        augmentation = self.augmentation_on_device(offsets, flips)
         non_blocking = self.device.type == "cuda"
         finished = False
         try:
@@ -160,13 +156,7 @@ class StreamingLoader(ShardedEpochs):
                 if isinstance(xb, _Failure):
                     xb.raise_it()
                 sl = slice(b * bs, (b + 1) * bs)
-                xb = xb.to(self.device, non_blocking=non_blocking)
-                if offsets is not None and flips is not None:
-                    xb = crop_flip(xb, offsets[sl], flips[sl], PADDING)
-                xb = xb.float().div_(255)
-                if self.channels_last:
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                yield xb, self.y[idx[sl]]
+                yield self.model_input(xb.to(self.device, non_blocking=non_blocking), sl, augmentation), self.y[idx[sl]]
             finished = True
         finally:
             if not finished:  # an error or an abandoned epoch: stop the workers now rather than in the GC
