@@ -21,6 +21,7 @@ images and the test split are cached.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,31 +273,11 @@ class ImageFolder(Dataset):
             )
         if cfg.stream:
             return self._load_streamed(root, name, train_classes, train_files, test_files, mean, std)
-        arrays = None
-        path_of_cache = None
-        if cfg.cache:
-            key = cache_key(
-                CACHE_VERSION,
-                str(root),
-                cfg.image_size,
-                file_summary(root, train_files),
-                file_summary(root, test_files),
-            )
-            path_of_cache = cache_path("imagefolder", key)
-            arrays = load_arrays(path_of_cache)
-        if arrays is None:
-            train_x = decode_images([p for p, _ in train_files], cfg.image_size, cfg.workers)
-            test_x = decode_images([p for p, _ in test_files], cfg.image_size, cfg.workers)
-            if train_x.shape[1:] != test_x.shape[1:]:
-                raise DataError(
-                    f"train images of {root} are {train_x.shape[2]}x{train_x.shape[1]} but test images are "
-                    f"{test_x.shape[2]}x{test_x.shape[1]}",
-                    "set image_size to resize them all, e.g. --set dataset.image_size=32",
-                )
-            train_x = np.ascontiguousarray(train_x.transpose(0, 3, 1, 2))
-            test_x = np.ascontiguousarray(test_x.transpose(0, 3, 1, 2))
+
+        def decode() -> dict[str, np.ndarray]:
+            train_x, test_x = self._decode_splits(root, [p for p, _ in train_files], test_files)
             data_mean, data_std = channel_stats(train_x)
-            arrays = {
+            return {
                 "train_x": train_x,
                 "train_y": np.array([label for _, label in train_files], dtype=np.int64),
                 "test_x": test_x,
@@ -305,8 +286,8 @@ class ImageFolder(Dataset):
                 "mean": np.array(data_mean, dtype=np.float64),
                 "std": np.array(data_std, dtype=np.float64),
             }
-            if path_of_cache is not None:
-                save_arrays(path_of_cache, arrays)
+
+        arrays = self._cached(root, (), train_files, test_files, decode)
         classes = [str(c) for c in arrays["classes"].tolist()]
         return ImageData(
             train_x=torch.from_numpy(arrays["train_x"]),
@@ -319,6 +300,55 @@ class ImageFolder(Dataset):
             std=tuple(std) if std is not None else tuple(float(v) for v in arrays["std"]),
             name=name,
         ).validate()
+
+    def _cached(
+        self,
+        root: Path,
+        key_extra: tuple,
+        train_files: list[tuple[Path, int]],
+        test_files: list[tuple[Path, int]],
+        decode: Callable[[], dict[str, np.ndarray]],
+    ) -> dict[str, np.ndarray]:
+        """``decode()``'s arrays, read from the cache when the files are unchanged (and written there if not).
+
+        The key: the cache version, ``key_extra``, the folder, ``image_size`` and the name,
+        size and modification time of every file.
+        """
+        cfg = self.config
+        if not cfg.cache:
+            return decode()
+        key = cache_key(
+            CACHE_VERSION,
+            *key_extra,
+            str(root),
+            cfg.image_size,
+            file_summary(root, train_files),
+            file_summary(root, test_files),
+        )
+        path = cache_path("imagefolder", key)
+        arrays = load_arrays(path)
+        if arrays is None:
+            arrays = decode()
+            save_arrays(path, arrays)
+        return arrays
+
+    def _decode_splits(
+        self, root: Path, train_paths: list[Path], test_files: list[tuple[Path, int]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Decode ``train_paths`` and the test files to uint8 (N, C, H, W); DataError if their sizes differ."""
+        cfg = self.config
+        train_x = decode_images(train_paths, cfg.image_size, cfg.workers)
+        test_x = decode_images([p for p, _ in test_files], cfg.image_size, cfg.workers)
+        if train_x.shape[1:] != test_x.shape[1:]:
+            raise DataError(
+                f"train images of {root} are {train_x.shape[2]}x{train_x.shape[1]} but test images are "
+                f"{test_x.shape[2]}x{test_x.shape[1]}",
+                "set image_size to resize them all, e.g. --set dataset.image_size=32",
+            )
+        return (
+            np.ascontiguousarray(train_x.transpose(0, 3, 1, 2)),
+            np.ascontiguousarray(test_x.transpose(0, 3, 1, 2)),
+        )
 
     def _load_streamed(
         self,
@@ -333,44 +363,23 @@ class ImageFolder(Dataset):
         """``load_folder`` with ``stream``: list the training files, decode a sample and the test split."""
         cfg = self.config
         train_paths = [p for p, _ in train_files]
-        arrays = None
-        path_of_cache = None
-        if cfg.cache:
-            key = cache_key(
-                CACHE_VERSION,
-                "stream",
-                STREAM_STATS_SAMPLE,
-                STREAM_PROBE,
-                str(root),
-                cfg.image_size,
-                file_summary(root, train_files),
-                file_summary(root, test_files),
-            )
-            path_of_cache = cache_path("imagefolder", key)
-            arrays = load_arrays(path_of_cache)
-        if arrays is None:
+
+        def decode() -> dict[str, np.ndarray]:
             n = len(train_paths)
             picks = np.unique(np.linspace(0, n - 1, num=min(n, STREAM_STATS_SAMPLE)).round().astype(np.int64))
-            sample = decode_images([train_paths[i] for i in picks], cfg.image_size, cfg.workers)
-            test_x = decode_images([p for p, _ in test_files], cfg.image_size, cfg.workers)
-            if sample.shape[1:] != test_x.shape[1:]:
-                raise DataError(
-                    f"train images of {root} are {sample.shape[2]}x{sample.shape[1]} but test images are "
-                    f"{test_x.shape[2]}x{test_x.shape[1]}",
-                    "set image_size to resize them all, e.g. --set dataset.image_size=224",
-                )
-            sample = np.ascontiguousarray(sample.transpose(0, 3, 1, 2))
+            sample, test_x = self._decode_splits(root, [train_paths[i] for i in picks], test_files)
             data_mean, data_std = channel_stats(sample)
-            arrays = {
+            return {
                 "probe": sample[:STREAM_PROBE].copy(),
-                "test_x": np.ascontiguousarray(test_x.transpose(0, 3, 1, 2)),
+                "test_x": test_x,
                 "test_y": np.array([label for _, label in test_files], dtype=np.int64),
                 "classes": np.array(classes),
                 "mean": np.array(data_mean, dtype=np.float64),
                 "std": np.array(data_std, dtype=np.float64),
             }
-            if path_of_cache is not None:
-                save_arrays(path_of_cache, arrays)
+
+        key_extra = ("stream", STREAM_STATS_SAMPLE, STREAM_PROBE)
+        arrays = self._cached(root, key_extra, train_files, test_files, decode)
         probe = torch.from_numpy(arrays["probe"])
         c, h, w = (int(s) for s in probe.shape[1:])
         files = ImageFiles.from_paths(root, train_paths, cfg.image_size, (c, h, w), cfg.workers)
