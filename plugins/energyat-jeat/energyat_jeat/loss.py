@@ -193,8 +193,13 @@ class JEAT(Loss):
             x0[restart] = self.sampler.init(y_new).to(x0.dtype)
             y0[restart] = y_new
         x = self.sampler.sample(model, x0, y0 if self.config.conditional else None)
-        self.buffer[idx] = x
-        self.buffer_y[idx] = y0
+        # idx may repeat an entry (drawn with replacement); an indexed write with repeated indices
+        # keeps an unspecified one of them, so write only each entry's last draw, as a loop would
+        draw = torch.arange(n, device=self.device)
+        last = torch.full_like(self.buffer_y, -1).scatter_reduce(0, idx, draw, reduce="amax")
+        keep = last[idx] == draw
+        self.buffer[idx[keep]] = x[keep]
+        self.buffer_y[idx[keep]] = y0[keep]
         return x
 
     # -- loss ------------------------------------------------------------------------------
