@@ -5,6 +5,8 @@ from __future__ import annotations
 from energyat_bridged.loss import Bridged
 from energyat_core import hookimpl
 from energyat_core.methods import Method
+from energyat_pgd.plugin import PGD_AT
+from energyat_trades.plugin import TRADES
 
 BAT = Method(
     name="bat",
@@ -17,20 +19,10 @@ BAT = Method(
         "TRADES' CIFAR-10 recipe, SGD lr 0.1, momentum 0.9, wd 2e-4, batch 128, 76 epochs, lr x0.1 at 74/76 of "
         "training"
     ),
-    attack=("pgd", {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "objective": "ce", "random_start": "uniform"}),
+    attack=PGD_AT.attack,  # PGD on the CE: 10 steps of 2/255 in the 8/255 L-inf ball, uniform start
     loss=("bridged", {"m": 5, "beta": 6.0}),
     weighter=("uniform", {}),
-    training={
-        "epochs": 76,
-        "optimizer": "sgd",
-        "lr": 0.1,
-        "momentum": 0.9,
-        "weight_decay": 2e-4,
-        "batch_size": 128,
-        "schedule": "multistep",
-        "milestones": (74 / 76,),
-        "gamma": 0.1,
-    },
+    training=TRADES.training,
     reference="Kim et al. 2021, arXiv:2108.11135; no reference number is pinned by energyat's specification",
 )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from energyat_core import hookimpl
 from energyat_core.methods import Method
+from energyat_pgd.plugin import PGD_AT
 
 JEAT_METHOD = Method(
     name="jeat",
@@ -13,20 +14,10 @@ JEAT_METHOD = Method(
         "5% restarts from uniform noise; JEM's defaults). Schedule (chosen default, the paper gives none here): "
         "PGD-AT's, SGD lr 0.1, momentum 0.9, wd 5e-4, batch 128, 100 epochs, lr x0.1 at 50% and 75%"
     ),
-    attack=("pgd", {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "objective": "ce", "random_start": "uniform"}),
+    attack=PGD_AT.attack,  # PGD on E(x, y), i.e. the CE: 10 steps of 2/255 in the 8/255 L-inf ball
     loss=("jeat", {}),
     weighter=("uniform", {}),
-    training={
-        "epochs": 100,
-        "optimizer": "sgd",
-        "lr": 0.1,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "batch_size": 128,
-        "schedule": "multistep",
-        "milestones": (0.5, 0.75),
-        "gamma": 0.1,
-    },
+    training=PGD_AT.training,
     reference=(
         "Zhu et al. 2021 (ICCV), CIFAR-10: Inception Score 8.80 of SGLD samples (robust classifiers before: 7.50)"
     ),

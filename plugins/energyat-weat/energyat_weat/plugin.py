@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from energyat_core import hookimpl
 from energyat_core.methods import Method
+from energyat_trades.plugin import TRADES_ATTACK
 from energyat_weat.weighter import EnergyWeighter
 
 WEAT = Method(
@@ -15,7 +16,7 @@ WEAT = Method(
         "variant 'adv' (CE on x_adv): --set loss.ce_on=adv. Their schedule: SGD lr 0.1, momentum 0.9, wd 5e-4, "
         "batch 128, 100 epochs, OneCycle (peak 0.1, 25% warm-up) stepped per batch"
     ),
-    attack=("pgd", {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "objective": "kl", "random_start": "normal"}),
+    attack=TRADES_ATTACK,
     loss=("trades", {"beta": 6.0, "ce_on": "clean"}),
     weighter=("energy", {}),
     training={
