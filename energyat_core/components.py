@@ -1,8 +1,9 @@
 """Base classes of the components a method is composed of.
 
 Every component is a small class with a ``Config`` dataclass: its fields are the
-options a user can set (``--set attack.steps=7``), with defaults, types and a
-``help`` entry in the field metadata (use :func:`energyat_core.config.option`).
+options a user can set (``--set attack.steps=7``), each declared with
+:func:`energyat_core.api.option` (default, help, bounds). The registry builds and
+validates the ``Config`` once and passes it to the constructor.
 Components are built by :meth:`energyat_core.registry.Registry.create`, then given the
 run's context once through :meth:`Component.setup` before training starts.
 
@@ -37,9 +38,22 @@ class RunContext:
     num_classes: int
     data: ImageData | None = None
     run_dir: Any = None  # pathlib.Path or None outside a run
-    model: nn.Module | None = None
     precision: str = "fp32"
+    seed: int = 0
+    dist: Any = None  # the run's DistInfo (ranks), or None outside torchrun
+    #: the registry the run was built from; components that use other components call :meth:`create`
+    registry: Any = None
+    #: anything else a command hands its components (e.g. ``progress`` and ``console`` for evaluators)
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def create(self, kind: str, spec: str, **options: Any) -> Component:
+        """Build another registered component (e.g. a loss that draws samples from a ``sampler``)."""
+        registry = self.registry
+        if registry is None:
+            from energyat_core.registry import get_registry
+
+            registry = get_registry()
+        return registry.create(kind, spec, **options)
 
     def autocast(self):
         """The autocast context of the run (a no-op in fp32)."""
@@ -193,15 +207,3 @@ class Evaluator(Component):
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, batch_size: int
     ) -> dict[str, torch.Tensor]:
         raise NotImplementedError
-
-
-KINDS: dict[str, type[Component]] = {
-    "attack": Attack,
-    "loss": Loss,
-    "weighter": Weighter,
-    "sampler": Sampler,
-    "backbone": Backbone,
-    "dataset": Dataset,
-    "source": DataSource,
-    "evaluator": Evaluator,
-}

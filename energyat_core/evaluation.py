@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from energyat_core.components import Evaluator
-from energyat_core.config import option
+from energyat_core.options import option
 from energyat_core.energy import marginal_energy
-from energyat_core.perturbation import pgd
+from energyat_core.modes import model_mode
+from energyat_core.perturbation import OBJECTIVES, default_step, pgd
 
 
 def batched(n: int, batch_size: int) -> Iterable[slice]:
@@ -30,13 +31,6 @@ def batched(n: int, batch_size: int) -> Iterable[slice]:
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Logits for ``x`` in batches (float32)."""
     return torch.cat([model(x[s]).float() for s in batched(len(x), batch_size)])
-
-
-def default_alpha(eps: float, norm: str, steps: int) -> float:
-    """2/255 for the usual L-inf 8/255, otherwise 2.5 * eps / steps (Madry et al.)."""
-    if norm == "linf" and abs(eps - 8 / 255) < 1e-9:
-        return 2 / 255
-    return 2.5 * eps / steps
 
 
 def quick_eval(
@@ -51,24 +45,22 @@ def quick_eval(
     autocast: Callable[[], Any],
 ) -> dict[str, float]:
     """Clean and PGD-``steps`` accuracy plus mean ``E(x)`` and ``E(x_adv)`` on (x, y)."""
-    was_training = model.training
-    model.eval()
     correct = robust = 0
     e_clean = e_adv = 0.0
-    alpha = default_alpha(eps, norm, steps)
-    for s in batched(len(x), batch_size):
-        xb, yb = x[s], y[s]
-        with autocast():
-            with torch.no_grad():
-                logits = model(xb).float()
-            x_adv = pgd(model, xb, yb, eps=eps, alpha=alpha, steps=steps, norm=norm) if steps > 0 else xb  # type: ignore[arg-type]
-            with torch.no_grad():
-                logits_adv = model(x_adv).float()
-        correct += (logits.argmax(1) == yb).sum().item()
-        robust += (logits_adv.argmax(1) == yb).sum().item()
-        e_clean += marginal_energy(logits).sum().item()
-        e_adv += marginal_energy(logits_adv).sum().item()
-    model.train(was_training)
+    alpha = default_step(eps, steps) if steps > 0 else 0.0
+    with model_mode(model, training=False):
+        for s in batched(len(x), batch_size):
+            xb, yb = x[s], y[s]
+            with autocast():
+                with torch.no_grad():
+                    logits = model(xb).float()
+                x_adv = pgd(model, xb, yb, eps=eps, alpha=alpha, steps=steps, norm=norm) if steps > 0 else xb  # type: ignore[arg-type]
+                with torch.no_grad():
+                    logits_adv = model(x_adv).float()
+            correct += (logits.argmax(1) == yb).sum().item()
+            robust += (logits_adv.argmax(1) == yb).sum().item()
+            e_clean += marginal_energy(logits).sum().item()
+            e_adv += marginal_energy(logits_adv).sum().item()
     n = max(len(x), 1)
     return {"clean_acc": correct / n, "robust_acc": robust / n, "energy_clean": e_clean / n, "energy_adv": e_adv / n}
 
@@ -78,21 +70,16 @@ class PGDEvaluator(Evaluator):
 
     @dataclass
     class Config:
-        steps: int = option(20, "PGD iterations")
-        restarts: int = option(1, "random restarts; a point counts as robust only if it survives all")
-        objectives: tuple[str, ...] = option(("ce", "cw"), "objectives to run, each reported separately (ce, cw, kl)")
-        alpha: float | None = option(None, "step size; default 2/255 at L-inf 8/255, else 2.5*eps/steps")
-
-        def __post_init__(self):
-            bad = [o for o in self.objectives if o not in ("ce", "cw", "kl")]
-            if bad:
-                raise ValueError(f"unknown objective(s) {bad}; use ce, cw or kl")
-            if self.steps < 1 or self.restarts < 1:
-                raise ValueError("steps and restarts must be at least 1")
+        steps: int = option(20, "PGD iterations", ge=1)
+        restarts: int = option(1, "random restarts; a point counts as robust only if it survives all", ge=1)
+        objectives: tuple[str, ...] = option(
+            ("ce", "cw"), "objectives to run, each reported separately", choices=OBJECTIVES
+        )
+        alpha: float | None = option(None, "step size; none: eps/4 (2/255 at 8/255), 2.5*eps/steps below 10 steps", gt=0)
 
     def run(self, model, x, y, *, eps, norm, batch_size):
         cfg = self.config
-        alpha = cfg.alpha if cfg.alpha is not None else default_alpha(eps, norm, cfg.steps)
+        alpha = cfg.alpha if cfg.alpha is not None else default_step(eps, cfg.steps)
         out = {}
         for objective in cfg.objectives:
             masks = []

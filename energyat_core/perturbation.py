@@ -14,7 +14,8 @@ training and evaluation run exactly the same inner maximisation. Conventions:
 * objectives are computed in float32, so the functions work under ``torch.autocast``
   (bf16/fp16 logits).
 
-``fgsm`` is :func:`pgd` with a single step.
+FGSM is :func:`pgd` with a single step; :func:`default_step` is the one rule for a PGD
+step size that nobody set.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from energyat_core.divergence import kl_per_sample
 
 Norm = Literal["linf", "l2"]
 Objective = Literal["ce", "kl", "cw"]
@@ -42,12 +45,20 @@ __all__ = [
     "NORMS",
     "OBJECTIVES",
     "RANDOM_STARTS",
-    "fgsm",
+    "default_step",
     "objective_values",
     "pgd",
     "project",
     "random_start_delta",
 ]
+
+
+def default_step(eps: float, steps: int) -> float:
+    """The PGD step size when none is given: ``eps / 4`` (2/255 at 8/255, Madry et al.'s
+    CIFAR-10 setting; eps/4 for L2, methods.md), or ``2.5 * eps / steps`` when there are
+    fewer than 10 steps, so that the steps together can still cross the ball
+    (Madry et al.'s rule). The same for training attacks and evaluation."""
+    return eps / 4 if steps >= 10 else 2.5 * eps / steps
 
 
 def _check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
@@ -120,9 +131,7 @@ def objective_values(
     if objective == "kl":
         if ref_logits is None:
             raise ValueError("objective 'kl' needs ref_logits (the logits of the clean input)")
-        log_p_ref = F.log_softmax(ref_logits.detach().float(), dim=1)
-        log_p = F.log_softmax(logits, dim=1)
-        return F.kl_div(log_p, log_p_ref, reduction="none", log_target=True).sum(dim=1)
+        return kl_per_sample(ref_logits.detach(), logits)
     true = logits.gather(1, y.view(-1, 1)).squeeze(1)
     others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
     return others.max(dim=1).values - true
@@ -186,7 +195,7 @@ def pgd(
 
     Returns a detached tensor of ``x``'s shape and dtype, in [0,1] and within the ball.
     The model's mode is not changed and no gradient reaches its parameters' ``.grad``.
-    Works under ``torch.autocast``. ``fgsm`` is this function with ``steps=1``.
+    Works under ``torch.autocast``. FGSM is this function with ``steps=1``.
     """
     _check_choice(norm, NORMS, "norm")
     _check_choice(objective, OBJECTIVES, "objective")
@@ -227,32 +236,3 @@ def pgd(
             best_obj = torch.where(better, obj, best_obj)
             best_wrong = best_wrong | wrong
     return best
-
-
-def fgsm(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    alpha: float | None = None,
-    norm: Norm = "linf",
-    objective: Objective = "ce",
-    random_start: RandomStart = "none",
-) -> torch.Tensor:
-    """Fast gradient sign method: :func:`pgd` with one step (``alpha`` defaults to ``eps``).
-
-    With ``random_start="uniform"`` and ``alpha = 1.25 * eps`` this is FGSM-RS
-    (Wong et al. 2020).
-    """
-    return pgd(
-        model,
-        x,
-        y,
-        eps=eps,
-        alpha=eps if alpha is None else alpha,
-        steps=1,
-        norm=norm,
-        objective=objective,
-        random_start=random_start,
-    )

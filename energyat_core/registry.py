@@ -5,8 +5,11 @@ Listing, describing and creating components all go through one :class:`Registry`
     from energyat_core.registry import get_registry
     attack = get_registry().create("attack", "pgd", steps=7)
 
-``create`` validates the options against the component's ``Config`` dataclass. A name
-may carry its first option after a colon: ``create("backbone", "timm:resnet18")``.
+``create`` validates the options against the component's ``Config`` dataclass (once:
+:meth:`Registry.config` builds the config, :meth:`Registry.build` makes the component from
+a built config). A name may carry its first option after a colon:
+``create("backbone", "timm:resnet18")``. Which kinds exist, and which hook registers each,
+comes from :data:`energyat_core.kinds.KINDS`.
 """
 
 from __future__ import annotations
@@ -17,44 +20,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from energyat_core.components import KINDS, Component
-from energyat_core.config import build_config, first_field
+from energyat_core.components import Component
 from energyat_core.errors import ConfigError
+from energyat_core.kinds import KIND, KINDS, kind_names
+from energyat_core.methods import Method
+from energyat_core.options import build_config, first_field
 from energyat_core.plugins import PluginInfo, call_per_plugin, disabled_names, load_plugins
-
-HOOK_OF_KIND = {
-    "attack": "register_attacks",
-    "loss": "register_losses",
-    "weighter": "register_weighters",
-    "sampler": "register_samplers",
-    "backbone": "register_backbones",
-    "dataset": "register_datasets",
-    "source": "register_sources",
-    "evaluator": "register_evaluators",
-}
-
-#: where a first-party component lives, for the "not installed" hint
-FIRST_PARTY = {
-    ("attack", "pgd"): "energyat-pgd",
-    ("attack", "fgsm"): "energyat-pgd",
-    ("attack", "fgsm-rs"): "energyat-pgd",
-    ("attack", "fgsm-sdi"): "energyat-fgsm-sdi",
-    ("loss", "trades"): "energyat-trades",
-    ("loss", "bridged"): "energyat-bridged",
-    ("loss", "jeat"): "energyat-jeat",
-    ("weighter", "energy"): "energyat-weat",
-    ("sampler", "sgld"): "energyat-sgld",
-    ("evaluator", "autoattack"): "energyat-autoattack",
-    ("source", "proxy"): "energyat-proxy",
-    ("method", "pgd-at"): "energyat-pgd",
-    ("method", "fgsm-rs"): "energyat-pgd",
-    ("method", "trades"): "energyat-trades",
-    ("method", "bat"): "energyat-bridged",
-    ("method", "weat"): "energyat-weat",
-    ("method", "fgsm-sdi"): "energyat-fgsm-sdi",
-    ("method", "jeat"): "energyat-jeat",
-}
-
 
 @dataclass(frozen=True)
 class Entry:
@@ -76,12 +47,12 @@ class Registry:
 
     def __init__(self, disabled: set[str] | None = None) -> None:
         self.pm, self.plugins = load_plugins(disabled)
-        self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
-        self.methods: dict[str, Any] = {}
+        self.entries: dict[str, dict[str, Entry]] = {kind.name: {} for kind in KINDS}
+        self.methods: dict[str, Method] = {}
         self.method_plugin: dict[str, str] = {}
-        for kind, hook in HOOK_OF_KIND.items():
+        for kind in KINDS:
             call_per_plugin(
-                self.pm, hook, self.plugins, lambda info, kind=kind: {"register": self._registrar(kind, info)}
+                self.pm, kind.hook, self.plugins, lambda info, k=kind.name: {"register": self._registrar(k, info)}
             )
         call_per_plugin(
             self.pm, "register_methods", self.plugins, lambda info: {"register": self._method_registrar(info)}
@@ -89,7 +60,7 @@ class Registry:
 
     # -- registration ---------------------------------------------------------------
     def _registrar(self, kind: str, info: PluginInfo):
-        base = KINDS[kind]
+        base = KIND[kind].base
 
         def register(name: str, cls: type[Component]) -> None:
             if not (isinstance(cls, type) and issubclass(cls, base)):
@@ -105,7 +76,10 @@ class Registry:
         return register
 
     def _method_registrar(self, info: PluginInfo):
-        def register(method: Any) -> None:
+        def register(method: Method) -> None:
+            if not isinstance(method, Method):
+                info.errors.append(f"register_methods: {method!r} is not a Method; skipped")
+                return
             if method.name in self.methods:
                 info.errors.append(
                     f"method '{method.name}' is already registered by '{self.method_plugin[method.name]}'; skipped"
@@ -124,13 +98,12 @@ class Registry:
 
     def _check_kind(self, kind: str) -> None:
         if kind not in self.entries and kind != "method":
-            raise ConfigError(f"unknown component kind '{kind}'", f"use one of: {', '.join([*KINDS, 'method'])}")
+            raise ConfigError(f"unknown component kind '{kind}'", f"use one of: {kind_names('method')}")
 
     def _missing(self, kind: str, name: str, known: list[str]) -> ConfigError:
-        dist = FIRST_PARTY.get((kind, name))
-        hint = f"install it with `pip install {dist}`" if dist else f"available: {', '.join(known) or 'none'}"
+        hint = f"available: {', '.join(known) or 'none'}; install the plugin that provides it"
         failed = [p.name for p in self.plugins if p.errors]
-        if failed and not dist:
+        if failed:
             hint += f" (plugins that failed to load: {', '.join(failed)}; see `energyat plugins`)"
         return ConfigError(f"unknown {kind} '{name}'", hint)
 
@@ -142,10 +115,21 @@ class Registry:
             raise self._missing(kind, base_name, self.names(kind))
         return self.entries[kind][base_name]
 
-    def method(self, name: str):
+    def method(self, name: str, _seen: tuple[str, ...] = ()) -> Method:
+        """The preset ``name``, with its ``based_on`` chain resolved."""
         if name not in self.methods:
+            if _seen:
+                raise ConfigError(
+                    f"method '{_seen[-1]}' is based on '{name}', which is not installed",
+                    "install the plugin that provides it (see the preset's plugin dependencies)",
+                )
             raise self._missing("method", name, sorted(self.methods))
-        return self.methods[name]
+        method = self.methods[name]
+        if method.based_on is None:
+            return method
+        if method.based_on in (*_seen, name):
+            raise ConfigError(f"method '{name}' is based on itself (through {' -> '.join(_seen)})", "fix the preset")
+        return method.extend(self.method(method.based_on, (*_seen, name)))
 
     def split_spec(self, kind: str, spec: str, options: dict[str, Any] | None = None) -> tuple[Entry, dict[str, Any]]:
         """Resolve ``name[:value]`` to its entry and the options including that value."""
@@ -159,13 +143,26 @@ class Registry:
             options.setdefault(key, value)
         return entry, options
 
-    def create(self, kind: str, spec: str, **options: Any) -> Component:
-        """Build a component, validating its options against its ``Config``."""
+    def config(self, kind: str, spec: str, options: dict[str, Any] | None = None) -> tuple[Entry, Any]:
+        """Validate ``options`` of ``spec`` once: the entry and its built ``Config``."""
         entry, options = self.split_spec(kind, spec, options)
-        config = build_config(entry.cls.Config, options, f"{kind} '{entry.name}'")
+        return entry, build_config(entry.cls.Config, options, f"{kind} '{entry.name}'", f"--set {kind}.{{}}")
+
+    def build(self, entry: Entry, config: Any) -> Component:
+        """The component of ``entry`` with an already validated ``config``."""
         component = entry.cls(config)
         component.name = entry.name
         return component
+
+    def create(self, kind: str, spec: str, **options: Any) -> Component:
+        """Build a component, validating its options against its ``Config``."""
+        return self.build(*self.config(kind, spec, options))
+
+    def create_part(self, kind: str, part: Any) -> Component:
+        """The component of a run part (:class:`~energyat_core.run_config.Part`), from its built config."""
+        if part.config is None:
+            return self.create(kind, part.name, **part.options)
+        return self.build(self.get(kind, part.name), part.config)
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,7 +1,7 @@
 """The KL divergence between the class distributions of two sets of logits, per sample.
 
-Shared by the TRADES loss and the bridged loss (``energyat-bridged``), so that both
-regularisers are the same function.
+One implementation for everything that compares two predictions: the ``kl`` attack
+objective (TRADES' inner maximisation), the TRADES loss and the bridged loss.
 """
 
 from __future__ import annotations

@@ -1,9 +1,16 @@
-"""Typed options: component configs and their validation.
+"""Typed options: the one place a setting is declared, and the one place it is validated.
 
-A component's ``Config`` is a dataclass; :func:`option` declares a field with its help
-text. :func:`build_config` turns user input (strings from the command line, or values
-from a TOML file or Python) into that dataclass, checking names and types, and raises a
-:class:`~energyat_core.errors.ConfigError` that lists the valid choices otherwise.
+A component's ``Config`` (and :class:`~energyat_core.run_config.RunConfig`) is a dataclass
+whose fields are declared with :func:`option`: default, help text and, where they apply,
+bounds (``ge``/``gt``/``le``/``lt``) and ``choices``. Everything else is derived from that
+declaration: the ``energyat train`` flags, ``--set``, TOML and config.json keys, the
+``energyat describe`` tables and the validation below.
+
+:func:`build_config` turns user input (strings from the command line, or values from a
+TOML/JSON file or Python) into the dataclass: it checks names, converts types, applies the
+bounds of every field and finally the dataclass's own ``check()`` (cross-field rules), and
+raises a one-line :class:`~energyat_core.errors.ConfigError` otherwise. It is the only
+validator: configs are built once, and components receive the built object.
 """
 
 from __future__ import annotations
@@ -17,11 +24,57 @@ from typing import Any, Literal, Union
 from energyat_core.errors import ConfigError
 
 
-def option(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - "help" is the natural name
-    """A config field with a default and the help text ``energyat describe`` shows."""
+def option(
+    default: Any,
+    help: str,  # noqa: A002 - "help" is the natural name
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+) -> Any:
+    """Declare a setting: its default, the help text ``energyat describe`` shows, and its bounds.
+
+    ``ge``/``gt``/``le``/``lt`` bound a number (each item of a list); ``choices`` lists the
+    allowed values (a ``Literal`` annotation does the same). ``None`` is always allowed
+    where the annotation allows it.
+    """
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}
     if isinstance(default, (list, dict, set)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+_RULES = (("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b), ("le", "<=", lambda v, b: v <= b),
+          ("lt", "<", lambda v, b: v < b))
+
+
+def _fmt(bound: float) -> str:
+    return f"{bound:g}" if isinstance(bound, float) else str(bound)
+
+
+def rule_text(f: dataclasses.Field) -> str:
+    """The bounds of a field as text, e.g. ``>= 1`` or ``>= 0, < 1`` (empty if none)."""
+    parts = [f"{sym} {_fmt(f.metadata[key])}" for key, sym, _ in _RULES if f.metadata.get(key) is not None]
+    if f.metadata.get("choices"):
+        parts.append("one of " + ", ".join(str(c) for c in f.metadata["choices"]))
+    return ", ".join(parts)
+
+
+def check_field(f: dataclasses.Field, value: Any) -> None:
+    """Raise ``ValueError`` if ``value`` breaks the bounds or choices declared for ``f``."""
+    if value is None:
+        return
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        choices = f.metadata.get("choices")
+        if choices and item not in choices:
+            raise ValueError(f"must be {rule_text(f)}")
+        for key, _, ok in _RULES:
+            bound = f.metadata.get(key)
+            if bound is not None and isinstance(item, (int, float)) and not ok(item, bound):
+                raise ValueError(f"must be {rule_text(f)}")
 
 
 def parse_number(text: str) -> float:
@@ -135,34 +188,53 @@ def resolved_types(config_cls: type) -> dict[str, Any]:
     return typing.get_type_hints(config_cls)
 
 
-def build_config(config_cls: type, options: dict[str, Any], what: str) -> Any:
-    """Build ``config_cls`` from ``options``, validating every name and value.
+def build_config(config_cls: type, options: dict[str, Any], what: str, flag: str = "--set {}") -> Any:
+    """Build ``config_cls`` from ``options``, validating every name and value, once.
 
-    ``what`` names the component in messages, e.g. ``"attack 'pgd'"``.
+    ``what`` names the owner in messages (``"attack 'pgd'"``); ``flag`` shows how the user
+    sets an option (``"--set attack.{}"`` for a component, ``"--{}"`` for a run setting).
+    Checks, in order: the name exists, the value converts to the field's type, the
+    field's bounds/choices hold, and the config's own ``check()`` (cross-field rules)
+    passes. Any failure is one :class:`ConfigError` line.
     """
     hints = resolved_types(config_cls)
-    valid = [f.name for f in fields_of(config_cls)]
+    fields = {f.name: f for f in fields_of(config_cls)}
+
+    def how(name: str, example: Any) -> str:
+        return flag.format(name.replace("_", "-") if flag.startswith("--{") else name) + f"={example}"
+
     values: dict[str, Any] = {}
     for key, raw in options.items():
         name = key.replace("-", "_")
-        if name not in valid:
-            listing = ", ".join(valid) if valid else "none"
-            raise ConfigError(
-                f"{what} has no option '{key}'",
-                f"valid options: {listing} (see `energyat describe`)",
-            )
+        if name not in fields:
+            listing = ", ".join(fields) if fields else "none"
+            raise ConfigError(f"{what} has no option '{key}'", f"valid options: {listing} (see `energyat describe`)")
         tp = hints[name]
         try:
             values[name] = coerce(raw, tp)
         except (ValueError, TypeError, ZeroDivisionError):
             raise ConfigError(
                 f"{what} option '{name}' expects {type_name(tp)}, got {raw!r}",
-                f"pass {type_name(tp)}, e.g. --set {name}=<value>",
+                f"pass {type_name(tp)}, e.g. {how(name, '<value>')}",
             ) from None
+        try:
+            check_field(fields[name], values[name])
+        except ValueError as err:
+            raise ConfigError(f"{what} option '{name}' {err}, got {raw!r}", f"e.g. {how(name, _default_text(fields[name]))}") from None
     try:
-        return config_cls(**values)
-    except (ValueError, TypeError) as err:  # __post_init__ checks of the component itself
+        config = config_cls(**values)
+        check = getattr(config, "check", None)
+        if callable(check):
+            check()
+    except (ValueError, TypeError) as err:  # cross-field rules of the config itself
         raise ConfigError(f"{what}: {err}", "fix the option value") from None
+    return config
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        return str(f.default)
+    return "<value>"
 
 
 def describe_fields(config_cls: type) -> list[tuple[str, str, str, str]]:
@@ -176,7 +248,9 @@ def describe_fields(config_cls: type) -> list[tuple[str, str, str, str]]:
             default = f.default_factory()
         else:
             default = "(required)"
-        rows.append((f.name, type_name(hints[f.name]), repr(default), f.metadata.get("help", "")))
+        kind = type_name(hints[f.name])
+        rule = rule_text(f)
+        rows.append((f.name, f"{kind}, {rule}" if rule else kind, repr(default), f.metadata.get("help", "")))
     return rows
 
 
