@@ -29,7 +29,7 @@ module of ``energyat_core`` is internal and may change without notice.
 from __future__ import annotations
 
 # -- the plugin contract: hooks, component bases, options, presets, errors ------------------
-from energyat_core.checkpoint import atomic_save, read_safetensors
+from energyat_core.checkpoint import atomic_save, load_state, read_safetensors, save_state
 from energyat_core.components import (
     Attack,
     Backbone,
@@ -74,7 +74,19 @@ from energyat_core.perturbation import (
 from energyat_core.precision import resolve_device
 from energyat_core.progress import table, task_progress
 from energyat_core.run_config import parse_sets
-from energyat_core.runs import load_run
+from energyat_core.schedules import lr_at
+
+
+
+def load_run(*args, **kwargs):
+    """Rebuild a trained run's model, config and data from its directory (see ``energyat eval``).
+
+    Imported on first use: the engine is not loaded with every plugin.
+    """
+    from energyat_core.runs import load_run as load
+
+    return load(*args, **kwargs)
+
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -115,6 +127,8 @@ __all__ = [
     "kl_per_sample",
     "load_arrays",
     "load_run",
+    "load_state",
+    "lr_at",
     "marginal_energy",
     "model_mode",
     "objective_values",
@@ -127,6 +141,7 @@ __all__ = [
     "read_safetensors",
     "resolve_device",
     "save_arrays",
+    "save_state",
     "seeded_generator",
     "table",
     "task_progress",

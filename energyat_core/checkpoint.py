@@ -1,16 +1,16 @@
-"""Checkpoints in safetensors only, written atomically.
+"""The checkpoint file format: safetensors only (no pickle), written atomically.
 
-A run directory holds two files:
+Two kinds of file:
 
-- ``model.safetensors``: the classifier's weights, with the full run config (JSON) and
-  the class count, backbone and epoch in the metadata, so that ``energyat eval RUN_DIR``
-  needs no flags;
-- ``state.safetensors``: everything else a resume needs (optimiser, step counters, RNG
-  states, the state of stateful components), as nested state flattened to tensors plus a
-  JSON skeleton in the metadata.
+- a model file (:func:`save_model`): a ``state_dict`` with JSON metadata (for a run: the
+  full run config, the class count, backbone and epoch, so that ``energyat eval RUN_DIR``
+  needs no flags);
+- a state file (:func:`save_state`): nested state (optimiser, counters, RNG states, the
+  state of stateful components) flattened to tensors plus a JSON skeleton in the metadata.
 
 Both are written to a temporary file in the same directory and renamed over the old one,
-so a crash never leaves a half-written checkpoint.
+so a crash never leaves a half-written checkpoint. What a run saves in them, and when, is
+:mod:`energyat_core.training_state`; where, :mod:`energyat_core.run_dir`.
 """
 
 from __future__ import annotations
@@ -22,14 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from energyat_core.errors import CheckpointError
 
 FORMAT = "energyat-1"
-MODEL_FILE = "model.safetensors"
-STATE_FILE = "state.safetensors"
 STRIP_PREFIXES = ("module.", "_orig_mod.")
 
 
@@ -98,8 +96,6 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
             f"checkpoint '{path}' does not exist", "check the path (a run directory holds model.safetensors)"
         )
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         tensors = load_file(str(path))
@@ -127,6 +123,7 @@ def save_state(path: str | os.PathLike, state: dict[str, Any], metadata: dict[st
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The nested state :func:`save_state` wrote."""
     tensors, metadata = read_safetensors(path)
     if "skeleton" not in metadata:
         raise CheckpointError(

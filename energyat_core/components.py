@@ -203,6 +203,10 @@ class Evaluator(Component):
     the per-point worst case over everything run.
     """
 
+    #: eval.json field that gets the per-point worst case over this evaluator's attacks
+    #: (e.g. RobustBench's ``"autoattack_acc"``); ``None``: only the per-attack entries
+    report_field: ClassVar[str | None] = None
+
     def run(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, batch_size: int
     ) -> dict[str, torch.Tensor]:

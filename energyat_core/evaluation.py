@@ -117,12 +117,15 @@ def report(
     norm: str,
     dataset: str,
     architecture: str,
+    groups: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """The eval.json content: RobustBench's field names plus per-attack accuracies.
 
     ``clean`` and each value of ``per_attack`` are per-point bool tensors; the robust
     accuracy is the per-point worst case (a point counts only if it is right clean and
-    under every attack).
+    under every attack). ``groups`` maps extra report fields to the attacks whose worst
+    case they hold (an evaluator's :attr:`~energyat_core.components.Evaluator.report_field`,
+    e.g. RobustBench's ``autoattack_acc``).
     """
     worst = clean.clone()
     for mask in per_attack.values():
@@ -140,10 +143,9 @@ def report(
             k: round(100 * (v.to(clean.device) & clean).float().mean().item(), 2) for k, v in per_attack.items()
         },
     }
-    aa = {k: v for k, v in per_attack.items() if k.startswith("autoattack")}
-    if aa:
-        aa_worst = clean.clone()
-        for mask in aa.values():
-            aa_worst &= mask.to(aa_worst.device)
-        result["autoattack_acc"] = round(100 * aa_worst.float().mean().item(), 2)
+    for report_field, keys in (groups or {}).items():
+        group_worst = clean.clone()
+        for key in keys:
+            group_worst &= per_attack[key].to(group_worst.device)
+        result[report_field] = round(100 * group_worst.float().mean().item(), 2)
     return result

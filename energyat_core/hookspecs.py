@@ -9,23 +9,32 @@ The module implements any of the hooks below, each decorated with
 :data:`energyat_core.hookimpl`. Every ``register_*`` hook receives a ``register``
 callback; call it once per component you provide::
 
-    from energyat_core import hookimpl
-    from energyat_core.components import Attack
+    from dataclasses import dataclass
+    from energyat_core.api import Attack, hookimpl, option
 
     class MyAttack(Attack):
         '''One line that ``energyat describe attack my-attack`` shows.'''
-        ...
+
+        @dataclass
+        class Config:
+            steps: int = option(10, "gradient steps", ge=1)   # one line per option
+
+        def perturb(self, model, x, y): ...
 
     @hookimpl
     def register_attacks(register):
         register("my-attack", MyAttack)
 
-``register(name, cls)`` takes a component class: a subclass of the matching base in
-:mod:`energyat_core.components` with a ``Config`` dataclass describing its options
-(defaults, types, and ``help`` metadata shown by ``energyat describe``). Names are
-unique per kind across all installed plugins; a duplicate is reported by
-``energyat plugins`` and skipped. energyat's own built-in components are registered
-through exactly these hooks (see :mod:`energyat_core.builtin_plugin`).
+``register(name, cls)`` takes a component class: a subclass of the kind's base class (all
+in :mod:`energyat_core.api`) with a ``Config`` dataclass whose fields are declared with
+``option(default, help, bounds)``; ``energyat describe``, ``--set``, config files and the
+validation all come from that declaration. Names are unique per kind across all
+installed plugins; a duplicate is reported by ``energyat plugins`` and skipped.
+energyat's own components are registered through exactly these hooks
+(:mod:`energyat_core.core_plugin`). Plugins import only :mod:`energyat_core.api` from core.
+
+There is one ``register_<kind>s`` hook per kind of component; the kinds themselves (base
+class, hook, command-line flag, help) are declared once, in :mod:`energyat_core.kinds`.
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ def register_attacks(register):
     """Register attacks: how ``x_adv`` is found for a training batch.
 
     Called once when the registry is built. ``register(name, cls)`` with ``cls`` a
-    subclass of :class:`energyat_core.components.Attack`. An attack may hold trainable
+    subclass of :class:`energyat_core.api.Attack`. An attack may hold trainable
     parts of its own (e.g. FGSM-SDI's generator and its optimiser): it creates them in
     ``setup(ctx)`` and returns them from ``state_dict()`` so that checkpoints and
     ``--resume`` keep them.
@@ -53,7 +62,7 @@ def register_losses(register):
     """Register training losses: what the model minimises, per sample.
 
     ``register(name, cls)`` with ``cls`` a subclass of
-    :class:`energyat_core.components.Loss`. A loss returns one value per sample; the
+    :class:`energyat_core.api.Loss`. A loss returns one value per sample; the
     engine multiplies by the weighter's weights and averages over the batch. A loss may
     own helpers (a sampler and its replay buffer, for example) created in ``setup(ctx)``.
     """
@@ -64,8 +73,8 @@ def register_weighters(register):
     """Register sample weighters: how much each sample counts in the batch mean.
 
     ``register(name, cls)`` with ``cls`` a subclass of
-    :class:`energyat_core.components.Weighter`. Weighters see the whole
-    :class:`~energyat_core.components.Batch`, including the clean logits, and return
+    :class:`energyat_core.api.Weighter`. Weighters see the whole
+    :class:`~energyat_core.api.Batch`, including the clean logits, and return
     detached per-sample weights.
     """
 
@@ -75,7 +84,7 @@ def register_samplers(register):
     """Register samplers: how images are drawn from the classifier's energy.
 
     ``register(name, cls)`` with ``cls`` a subclass of
-    :class:`energyat_core.components.Sampler`. Samplers serve both training (losses
+    :class:`energyat_core.api.Sampler`. Samplers serve both training (losses
     that need model samples) and generation (commands that write images).
     """
 
@@ -85,7 +94,7 @@ def register_backbones(register):
     """Register backbones: the networks a classifier is built from.
 
     ``register(name, cls)`` with ``cls`` a subclass of
-    :class:`energyat_core.components.Backbone`, whose ``build(num_classes)`` returns an
+    :class:`energyat_core.api.Backbone`, whose ``build(num_classes)`` returns an
     ``nn.Module`` mapping normalised images to logits. Normalisation is added by core.
     """
 
@@ -95,8 +104,8 @@ def register_datasets(register):
     """Register datasets: where training and test images come from.
 
     ``register(name, cls)`` with ``cls`` a subclass of
-    :class:`energyat_core.components.Dataset`, whose ``load(data_dir)`` returns an
-    :class:`energyat_core.data.ImageData`. The first field of its ``Config`` can be given
+    :class:`energyat_core.api.Dataset`, whose ``load(data_dir)`` returns an
+    :class:`energyat_core.api.ImageData`. The first field of its ``Config`` can be given
     after a colon on the command line (``--dataset imagefolder:PATH``).
     """
 
@@ -106,7 +115,7 @@ def register_sources(register):
     """Register extra data sources mixed into every training batch.
 
     ``register(name, cls)`` with ``cls`` a subclass of
-    :class:`energyat_core.components.DataSource`. With ``--source NAME[:VALUE]`` the
+    :class:`energyat_core.api.DataSource`. With ``--source NAME[:VALUE]`` the
     engine asks the source for extra labelled images at every step and trains on the
     real batch and the extra images together, shuffled (e.g. proxy-distribution data:
     ``--source proxy:samples.npz``). An epoch stays one pass over the real data.
@@ -118,7 +127,7 @@ def register_evaluators(register):
     """Register evaluators: attacks used to measure robustness after training.
 
     ``register(name, cls)`` with ``cls`` a subclass of
-    :class:`energyat_core.components.Evaluator`. ``energyat eval`` runs the requested
+    :class:`energyat_core.api.Evaluator`. ``energyat eval`` runs the requested
     evaluators and reports the per-point worst case over all of them.
     """
 
@@ -127,8 +136,10 @@ def register_evaluators(register):
 def register_methods(register):
     """Register method presets: named bundles of components and training defaults.
 
-    ``register(method)`` with ``method`` an :class:`energyat_core.methods.Method`.
-    ``energyat train --method NAME`` starts from it; any flag overrides it.
+    ``register(method)`` with ``method`` an :class:`energyat_core.api.Method`: parts
+    (component and options per run kind) and run settings. A preset that extends another
+    says ``based_on="NAME"`` instead of importing it. ``energyat train --method NAME``
+    starts from it; any flag overrides it.
     """
 
 

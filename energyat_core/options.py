@@ -232,9 +232,11 @@ def build_config(config_cls: type, options: dict[str, Any], what: str, flag: str
 
 
 def _default_text(f: dataclasses.Field) -> str:
-    if f.default is not dataclasses.MISSING:
-        return str(f.default)
-    return "<value>"
+    """The declared default as a user would type it."""
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if isinstance(default, (tuple, list)):
+        return ",".join(str(v) for v in default)
+    return "<value>" if default is None else str(default)
 
 
 def describe_fields(config_cls: type) -> list[tuple[str, str, str, str]]:
@@ -242,6 +244,8 @@ def describe_fields(config_cls: type) -> list[tuple[str, str, str, str]]:
     hints = resolved_types(config_cls)
     rows = []
     for f in fields_of(config_cls):
+        if "help" not in f.metadata:  # not a setting (e.g. RunConfig.parts)
+            continue
         if f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:

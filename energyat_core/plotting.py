@@ -22,8 +22,9 @@ from torch import nn
 
 from energyat_core.energy import marginal_energy
 from energyat_core.errors import EnergyATError
-from energyat_core.evaluation import batched, default_alpha
-from energyat_core.perturbation import Norm, pgd
+from energyat_core.evaluation import batched
+from energyat_core.modes import model_mode
+from energyat_core.perturbation import Norm, default_step, pgd
 
 #: PNG metadata: no software version or timestamp, so that bytes depend on the data only
 PNG_METADATA = {"Software": None}
@@ -192,17 +193,13 @@ def sample_energies(
     batch_size: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample E(x) of ``x`` and of its PGD-``steps`` (CE) adversarial examples, model in eval mode."""
-    was_training = model.training
-    model.eval()
-    alpha = default_alpha(eps, norm, steps)
+    alpha = default_step(eps, steps) if steps > 0 else 0.0
     clean, adv = [], []
-    try:
+    with model_mode(model, training=False):
         for s in batched(len(x), batch_size):
             xb, yb = x[s], y[s]
             x_adv = pgd(model, xb, yb, eps=eps, alpha=alpha, steps=steps, norm=norm) if steps > 0 else xb
             with torch.no_grad():
                 clean.append(marginal_energy(model(xb).float()).cpu())
                 adv.append(marginal_energy(model(x_adv).float()).cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(clean), torch.cat(adv)

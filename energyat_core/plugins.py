@@ -50,13 +50,13 @@ def _short_error(err: BaseException) -> str:
 
 def load_plugins(disabled: set[str] | None = None) -> tuple[pluggy.PluginManager, list[PluginInfo]]:
     """Create the plugin manager with core's built-ins and every installed plugin."""
-    from energyat_core import __version__, builtin_plugin
+    from energyat_core import __version__, core_plugin
 
     disabled = disabled if disabled is not None else disabled_names()
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
     infos = [PluginInfo("core", "energyat-core", __version__)]
-    pm.register(builtin_plugin, name="core")
+    pm.register(core_plugin, name="core")
 
     for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         dist = ep.dist.name if ep.dist is not None else "?"

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from energyat_core.errors import ConfigError
 from energyat_core.kinds import KIND, RUN_KINDS
-from energyat_core.options import as_dict, build_config, option
+from energyat_core.options import as_dict, build_config, first_field, option, resolved_types
 
 
 @dataclass
@@ -43,6 +43,17 @@ class Part:
     name: str
     options: dict[str, Any] = field(default_factory=dict)
     config: Any = None
+
+    @property
+    def label(self) -> str:
+        """``name``, or ``name:VALUE`` when the component's first option is a text (``timm:resnet18``,
+        ``imagefolder:PATH``): the form the command line takes."""
+        if self.config is None:
+            return self.name
+        first = first_field(type(self.config))
+        if first is not None and resolved_types(type(self.config))[first] is str and getattr(self.config, first):
+            return f"{self.name}:{getattr(self.config, first)}"
+        return self.name
 
 
 @dataclass
@@ -90,9 +101,9 @@ class RunConfig:
 
     # -- parts ---------------------------------------------------------------------------
     def spec(self, kind: str) -> str | None:
-        """The component name of a part, or ``None`` when the run has none of that kind."""
+        """A part as the command line names it (``pgd``, ``timm:resnet18``), or ``None`` when the run has none."""
         part = self.parts.get(kind)
-        return part.name if part is not None else None
+        return part.label if part is not None else None
 
     def component_options(self, kind: str) -> dict[str, Any]:
         part = self.parts.get(kind)

@@ -68,3 +68,21 @@ def quick_train(run_dir: str | Path, *args: Any, quick: bool = True) -> list[dic
     code = run_cli(*argv)
     assert code == 0, f"energyat {' '.join(map(str, argv))} exited with {code}"
     return read_metrics(run_dir)
+
+
+def fresh_registry(disabled: set[str] | None = None) -> Any:
+    """A registry built anew (not the cached one), with every installed plugin but ``disabled``."""
+    from energyat_core.registry import Registry
+
+    return Registry(set(disabled or ()))
+
+
+def compose_config(registry: Any = None, **kwargs: Any) -> Any:
+    """A validated :class:`~energyat_core.run_config.RunConfig`, as ``energyat train`` composes it.
+
+    ``compose_config(method="trades", flags={"epochs": 2}, sets=["attack.steps=3"])``.
+    """
+    from energyat_core.run_config import compose
+
+    return compose(registry or fresh_registry(), **kwargs)
+

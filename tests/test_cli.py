@@ -16,7 +16,7 @@ FAST = ("--epochs", "1", "--set", "dataset.n_train=400", "--eval-n", "100")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     run = tmp_path_factory.mktemp("cli") / "run"
-    quick_train(run, "--method", "pgd-at", "--set", "attack.steps=2", *FAST)
+    quick_train(run, "--method", "noise-at", *FAST)
     return run
 
 
@@ -31,14 +31,14 @@ def _one_line_error(code, err, *needles):
 def test_plugins_lists_distributions(cli):
     code, out, _ = cli("plugins")
     assert code == 0
-    assert "energyat-core" in out and "energyat-pgd" in out and "attack: pgd" in out
+    assert "energyat-core" in out and "energyat-example-plugin" in out and "attack: noise" in out
 
 
 def test_describe_shows_options(cli):
-    code, out, _ = cli("describe", "attack", "pgd")
-    assert code == 0 and "steps" in out and "objective" in out
-    code, out, _ = cli("describe", "method", "pgd-at")
-    assert code == 0 and "pgd" in out
+    code, out, _ = cli("describe", "attack", "noise")
+    assert code == 0 and "eps" in out and "> 0, <= 1" in out
+    code, out, _ = cli("describe", "method", "noise-focal")
+    assert code == 0 and "based on method 'noise-at'" in out and "focal" in out and "noise" in out
     code, out, _ = cli("describe", "run")
     assert code == 0 and "schedule" in out
 
@@ -48,10 +48,17 @@ def test_help_explains_every_flag(cli):
     assert code == 0
     for flag in ("--method", "--attack", "--set", "--config", "--schedule", "--resume", "--compile", "--precision"):
         assert flag in out
+    from energyat_core.kinds import RUN_KINDS
+    from energyat_core.run_config import setting_fields
+
+    for kind in RUN_KINDS:  # every run kind and every setting has its flag, derived from the declarations
+        assert kind.flag in out
+    for f in setting_fields():
+        assert "--" + f.name.replace("_", "-") in out
 
 
 def test_eval_run_dir_needs_no_flags(cli, trained):
-    code, out, err = cli("eval", trained, "--n", "100", "--steps", "3")
+    code, out, err = cli("eval", trained, "--n", "100", "--set", "evaluator.steps=3")
     assert code == 0, err
     result = json.loads((trained / "eval.json").read_text())
     for key in ("clean_acc", "robust_acc", "eps", "threat_model", "dataset", "architecture", "n_examples", "attacks"):
@@ -78,8 +85,8 @@ def test_eval_plain_state_dict(cli, trained, tmp_path):
         "synthetic",
         "--n",
         "50",
-        "--steps",
-        "2",
+        "--set",
+        "evaluator.pgd.steps=2",
     )
     assert code == 0, err
     assert json.loads((tmp_path / "plain.eval.json").read_text())["n_examples"] == 50
@@ -88,10 +95,13 @@ def test_eval_plain_state_dict(cli, trained, tmp_path):
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
-        (("--attack", "pgdd"), ("unknown attack 'pgdd'", "available:")),
+        (("--attack", "noize"), ("unknown attack 'noize'", "available:")),
         (("--method", "nope"), ("unknown method 'nope'",)),
-        (("--set", "attack.stepz=3", "--attack", "pgd"), ("has no option 'stepz'", "valid options")),
-        (("--set", "attack.steps=many", "--attack", "pgd"), ("expects int, got 'many'",)),
+        (("--set", "attack.epz=3", "--attack", "noise"), ("has no option 'epz'", "valid options")),
+        (("--set", "attack.eps=many", "--attack", "noise"), ("expects float, got 'many'",)),
+        (("--set", "attack.eps=2", "--attack", "noise"), ("option 'eps' must be > 0, <= 1", "--set attack.eps=")),
+        (("--epochs", "0"), ("option 'epochs' must be >= 1", "--epochs=")),
+        (("--lr", "-1"), ("option 'lr' must be > 0",)),
         (("--epochs", "1", "--dataset", "imagefolder:/no/such/folder"), ("does not exist",)),
         (("--device", "cuda"), ("no CUDA GPU",)) if not torch.cuda.is_available() else (("--attack", "x"), ("x",)),
     ],
@@ -127,7 +137,7 @@ def test_example_third_party_plugin_is_listed_and_trains(cli, tmp_path):
     code, out, _ = cli("plugins")
     assert "energyat-example-plugin" in out and "attack: noise" in out and "weighter: focal" in out
     metrics = quick_train(tmp_path / "ex", "--attack", "noise", "--weighter", "focal", *FAST)
-    assert json.loads((tmp_path / "ex" / "config.json").read_text())["attack"] == "noise"
+    assert json.loads((tmp_path / "ex" / "config.json").read_text())["attack"]["name"] == "noise"
     assert metrics[-1]["fwd_per_sample"] == pytest.approx(1.0)  # the noise attack makes no forward pass
 
 

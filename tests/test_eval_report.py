@@ -22,7 +22,10 @@ def test_report_is_the_per_point_worst_case():
         "autoattack-apgd-ce": torch.tensor([T, T, F, T, F]),
         "autoattack-apgd-t": torch.tensor([T, T, T, F, F]),
     }
-    r = report(clean=clean, per_attack=per_attack, eps=8 / 255, norm="linf", dataset="cifar10", architecture="wrn")
+    groups = {"autoattack_acc": ["autoattack-apgd-ce", "autoattack-apgd-t"]}  # an evaluator's report_field
+    r = report(
+        clean=clean, per_attack=per_attack, eps=8 / 255, norm="linf", dataset="cifar10", architecture="wrn", groups=groups
+    )
     assert r["clean_acc"] == 80.0
     assert r["attacks"] == {"pgd20-ce": 60.0, "autoattack-apgd-ce": 60.0, "autoattack-apgd-t": 60.0}
     assert r["autoattack_acc"] == 40.0  # points 0 and 1
@@ -47,14 +50,16 @@ def test_eps_text(eps, norm, text):
 
 
 def test_evaluator_options_plain_qualified_and_unknown(registry):
-    evs = build_evaluators(registry, {"pgd": {"steps": 20}}, {"restarts": "2", "pgd.steps": "7"})
-    assert (evs[0].config.steps, evs[0].config.restarts) == (7, 2)
+    evs = build_evaluators(registry, ["pgd:30"], {"restarts": "2", "pgd.objectives": "ce"})
+    assert (evs[0].config.steps, evs[0].config.restarts, evs[0].config.objectives) == (30, 2, ("ce",))
     with pytest.raises(ConfigError, match="no evaluator run here has an option 'n_iter'"):
-        build_evaluators(registry, {"pgd": {}}, {"n_iter": "5"})
-    with pytest.raises(ConfigError, match="names evaluator 'autoattack', which is not run"):
-        build_evaluators(registry, {"pgd": {}}, {"autoattack.n_iter": "5"})
+        build_evaluators(registry, ["pgd"], {"n_iter": "5"})
+    with pytest.raises(ConfigError, match="names evaluator 'other', which is not run"):
+        build_evaluators(registry, ["pgd"], {"other.n_iter": "5"})
     with pytest.raises(ConfigError, match="has no option 'bogus'"):
-        build_evaluators(registry, {"pgd": {}}, {"pgd.bogus": "5"})
+        build_evaluators(registry, ["pgd"], {"pgd.bogus": "5"})
+    with pytest.raises(ConfigError, match="option 'steps' must be >= 1"):
+        build_evaluators(registry, ["pgd"], {"steps": "0"})
 
 
 # --- end to end on a quick standard-training run ---------------------------------------------
@@ -83,7 +88,7 @@ REPORT_FIELDS = {
 
 
 def test_eval_writes_every_field_and_a_table(std_run, cli):
-    code, out, err = cli("eval", std_run, "--n", "60", "--steps", "3", "--batch-size", "30", "--device", "cpu")
+    code, out, err = cli("eval", std_run, "--n", "60", "--set", "evaluator.steps=3", "--batch-size", "30", "--device", "cpu")
     assert code == 0, err
     result = json.loads((std_run / "eval.json").read_text())
     assert set(result) >= REPORT_FIELDS

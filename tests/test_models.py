@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from energyat_core.config import build_config
+from energyat_core.options import build_config
 from energyat_core.errors import CheckpointError, ConfigError
 from energyat_core.models import (
     Classifier,

@@ -10,13 +10,13 @@ import typer
 from rich.console import Console
 
 from energyat_core.components import RunContext
-from energyat_core.config import as_dict, parse_number
+from energyat_core.options import as_dict, parse_number
 from energyat_core.errors import ConfigError
 from energyat_core.evaluation import batched, predict, report
 from energyat_core.precision import autocast, resolve_device
 from energyat_core.progress import table, task_progress
 from energyat_core.registry import get_registry
-from energyat_core.runconfig import parse_sets
+from energyat_core.run_config import parse_sets
 from energyat_core.runs import load_run, load_weights_file
 from energyat_core.sanity import print_warnings, sanity_checks
 
@@ -40,23 +40,21 @@ def evaluate(
     checkpoint: str = typer.Option("model", "--checkpoint", help="model (last epoch) or best (best PGD epoch)."),
     n: int = typer.Option(1000, "--n", help="Number of test images (the first N; 0 = all)."),
     batch_size: int = typer.Option(256, "--batch-size", help="Evaluation batch size."),
-    steps: int = typer.Option(20, "--steps", help="PGD steps of the built-in pgd evaluator."),
-    restarts: int = typer.Option(1, "--restarts", help="PGD random restarts."),
     eps: str = typer.Option(None, "--eps", help="Threat radius, e.g. 8/255 (default: the run's)."),
     norm: str = typer.Option(None, "--norm", help="linf or l2 (default: the run's)."),
     evaluator: list[str] = typer.Option(
         None,
         "--evaluator",
-        help="Evaluators to run (repeatable; default pgd). `energyat describe evaluator` lists them.",
-    ),
-    autoattack: str = typer.Option(
-        None, "--autoattack", help="Also run AutoAttack (standard, plus, ...); needs the energyat-autoattack plugin."
+        metavar="NAME[:VALUE]",
+        help="Evaluators to run (repeatable; default pgd); the text after ':' sets the evaluator's first option. "
+        "`energyat describe evaluator` lists them.",
     ),
     set_: list[str] = typer.Option(
         None,
         "--set",
+        metavar="evaluator.[NAME.]OPTION=VALUE",
         help="Evaluator option evaluator.OPTION=VALUE (applies to every evaluator that has it), or "
-        "evaluator.NAME.OPTION=VALUE for one evaluator, e.g. evaluator.autoattack.n_iter=20.",
+        "evaluator.NAME.OPTION=VALUE for one evaluator, e.g. --set evaluator.pgd.steps=50.",
     ),
     sanity: bool = typer.Option(
         True,
@@ -98,13 +96,9 @@ def evaluate(
     y = run.data.test_y[:count].to(dev)
     model = run.model.eval()
 
-    names = list(evaluator or ["pgd"])
-    per_name: dict[str, dict] = {name: {} for name in names}
-    if "pgd" in per_name:
-        per_name["pgd"].update(steps=steps, restarts=restarts)
-    if autoattack:
-        per_name["autoattack"] = {"version": autoattack}
-    evaluators = build_evaluators(registry, per_name, parse_sets(set_ or [], kinds=("evaluator",)).get("evaluator", {}))
+    evaluators = build_evaluators(
+        registry, list(evaluator or ["pgd"]), parse_sets(set_ or [], kinds=("evaluator",)).get("evaluator", {})
+    )
 
     path = out or default_out
     warnings = sanity_checks(model, x, y) if sanity else []
@@ -112,28 +106,34 @@ def evaluate(
     with autocast(dev, precision):
         clean = torch.cat([predict(model, x[s], batch_size).argmax(1) == y[s] for s in batched(count, batch_size)])
         per_attack: dict[str, torch.Tensor] = {}
+        groups: dict[str, list[str]] = {}
         with task_progress(console) as progress:
             ctx = RunContext(
                 device=dev,
                 num_classes=run.data.num_classes,
                 data=run.data,
                 run_dir=Path(run_dir) if run_dir is not None else path.parent,
-                model=model,
                 precision=precision,
+                seed=seed,
+                registry=registry,
                 extras={"progress": progress, "console": console},
             )
             for ev in evaluators:
                 ev.setup(ctx)
                 task = progress.add_task(f"{ev.name}", total=None)
-                per_attack.update(ev.run(model, x, y, eps=eps_value, norm=norm_value, batch_size=batch_size))
+                results = ev.run(model, x, y, eps=eps_value, norm=norm_value, batch_size=batch_size)
+                per_attack.update(results)
+                if ev.report_field:
+                    groups.setdefault(ev.report_field, []).extend(results)
                 progress.update(task, total=1, completed=1)
     result = report(
         clean=clean,
         per_attack=per_attack,
         eps=eps_value,
         norm=norm_value,
-        dataset=cfg.dataset,
-        architecture=cfg.backbone,
+        dataset=cfg.spec("dataset") or "?",
+        architecture=cfg.spec("backbone") or "?",
+        groups=groups,
     )
     result["checkpoint"] = run.source
     result["seed"] = seed
@@ -142,8 +142,9 @@ def evaluate(
     result["sanity_warnings"] = warnings
     rows = [("clean", f"{result['clean_acc']:.2f}")]
     rows += [(k, f"{v:.2f}") for k, v in result["attacks"].items()]
-    if "autoattack_acc" in result:
-        rows.append(("AutoAttack (worst case over its attacks)", f"{result['autoattack_acc']:.2f}"))
+    for ev in evaluators:
+        if ev.report_field:
+            rows.append((f"{ev.name} (worst case over its attacks)", f"{result[ev.report_field]:.2f}"))
     rows.append(("worst case over attacks", f"{result['robust_acc']:.2f}"))
     console.print(
         table(
@@ -158,15 +159,17 @@ def evaluate(
     console.print(f"wrote {path}")
 
 
-def build_evaluators(registry, per_name: dict[str, dict], options: dict[str, str]) -> list:
-    """Create the evaluators; ``options`` from ``--set evaluator.OPTION`` or ``evaluator.NAME.OPTION``.
+def build_evaluators(registry, specs: list[str], options: dict[str, str]) -> list:
+    """Create the evaluators ``NAME[:VALUE]``; ``options`` from ``--set evaluator.OPTION`` or ``evaluator.NAME.OPTION``.
 
     A plain option goes to every evaluator that has it, a qualified one to the named
     evaluator only; an option that no evaluator takes is an error, not silently dropped.
     """
-    entries = {name: registry.get("evaluator", name) for name in per_name}
-    valid = {name: set(entry.cls.Config.__dataclass_fields__) for name, entry in entries.items()}
-    merged = {name: dict(opts) for name, opts in per_name.items()}
+    merged: dict[str, dict] = {}
+    for spec in specs:
+        entry, opts = registry.split_spec("evaluator", spec)
+        merged[entry.name] = opts
+    valid = {name: set(registry.get("evaluator", name).cls.Config.__dataclass_fields__) for name in merged}
     for key, value in options.items():
         target, dot, opt = key.partition(".")
         if dot:

@@ -8,12 +8,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from energyat_core.components import KINDS
-from energyat_core.config import describe_fields
+from energyat_core.kinds import KIND, kind_names
+from energyat_core.options import describe_fields
 from energyat_core.errors import ConfigError
 from energyat_core.progress import table
 from energyat_core.registry import get_registry
-from energyat_core.runconfig import RunConfig
+from energyat_core.run_config import RunConfig
 
 
 def _plain(rows):
@@ -50,7 +50,7 @@ def _grouped(registered: list[str]) -> str:
 
 
 def describe(
-    kind: str = typer.Argument(..., help=f"Component kind ({', '.join(KINDS)}), 'method', or 'run'."),
+    kind: str = typer.Argument(..., help=f"Component kind ({kind_names()}), 'method', or 'run'."),
     name: str = typer.Argument(None, help="Component or method name; leave out to list the names of KIND."),
 ) -> None:
     """Show a component's options (type, default, help), a method preset, or the run settings."""
@@ -71,17 +71,17 @@ def describe(
             console.print(table("methods", ["method", "plugin", "description"], rows))
             return
         m = registry.method(name)
-        rows = [
-            (k, n, ", ".join(f"{a}={b!r}" for a, b in o.items()) or "-")
-            for k, (n, o) in (("attack", m.attack), ("loss", m.loss), ("weighter", m.weighter))
-        ]
-        rows += [("run", k, repr(v)) for k, v in m.training.items()]
+        based = registry.methods[name].based_on
+        if based:
+            console.print(f"based on method '{based}'")
+        rows = [(k, n, ", ".join(f"{a}={b!r}" for a, b in o.items()) or "-") for k, (n, o) in m.parts.items()]
+        rows += [("run", k, repr(v)) for k, v in m.settings.items()]
         console.print(table(f"method '{m.name}': {m.help}", ["part", "name / setting", "options / value"], rows))
         if m.reference:
             console.print(f"reference: {m.reference}")
         return
-    if kind not in KINDS:
-        raise ConfigError(f"unknown component kind '{kind}'", f"use one of: {', '.join([*KINDS, 'method', 'run'])}")
+    if kind not in KIND:
+        raise ConfigError(f"unknown component kind '{kind}'", f"use one of: {kind_names('method', 'run')}")
     if name is None:
         rows = [(e.name, e.plugin, e.summary) for e in (registry.get(kind, n) for n in registry.names(kind))]
         console.print(table(f"{kind}s", ["name", "plugin", "description"], rows))

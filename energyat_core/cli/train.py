@@ -1,11 +1,19 @@
-"""``energyat train``: compose a method from a preset, a config file and flags, and train it."""
+"""``energyat train``: compose a method from a preset, a config file and flags, and train it.
+
+The flags are not written here: one flag per run kind of :data:`~energyat_core.kinds.KINDS`
+(``--attack``, ``--loss``, ...) and one per setting of
+:class:`~energyat_core.run_config.RunConfig` (``--epochs``, ``--eps``, ...), with the help
+text, type and bounds of its declaration. Values reach :func:`~energyat_core.run_config.compose`
+as given, which converts and validates them once.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import inspect
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -13,158 +21,197 @@ from rich.console import Console
 from energyat_core import distributed
 from energyat_core.engine import CONFIG_FILE, Trainer, prepare_run_dir
 from energyat_core.errors import ConfigError, RunDirError
+from energyat_core.kinds import RUN_KINDS
+from energyat_core.options import resolved_types, rule_text, type_name
 from energyat_core.registry import get_registry
-from energyat_core.runconfig import RunConfig, compose
-
-HELP = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(RunConfig)}
+from energyat_core.run_config import RunConfig, compose, setting_fields
 
 
 def add_commands(app: typer.Typer) -> None:
     app.command("train")(train)
 
 
-def _opt(name: str, *flags: str, **kwargs):
-    return typer.Option(None, *flags, help=HELP[name], show_default=False, **kwargs)
+def flag_name(setting: str) -> str:
+    return "--" + setting.replace("_", "-")
 
 
-def train(
-    method: str = typer.Option(
-        None, "--method", "-m", help="Method preset, e.g. pgd-at, trades, weat (`energyat describe method` lists them)."
-    ),
-    attack: str = _opt("attack", "--attack"),
-    loss: str = _opt("loss", "--loss"),
-    weighter: str = _opt("weighter", "--weighter"),
-    backbone: str = _opt("backbone", "--backbone"),
-    dataset: str = _opt("dataset", "--dataset"),
-    data_dir: str = _opt("data_dir", "--data-dir"),
-    source: str = _opt("source", "--source"),
-    proxy: str = typer.Option(
+def _setting_param(f: dataclasses.Field, tp: Any) -> inspect.Parameter:
+    """A Typer option for one RunConfig setting, from its declaration."""
+    help_text = f.metadata.get("help", "")
+    if f.default is not dataclasses.MISSING and f.default is not None:
+        help_text += f" (default: {_show(f.default)})"
+    if tp is bool or tp == (bool | None):
+        flag = flag_name(f.name)
+        option = typer.Option(None, f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False)
+        return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=bool | None)
+    rule = rule_text(f)
+    metavar = type_name(tp).upper() if " " not in type_name(tp) else "VALUE"
+    help_text += f"; {type_name(tp)}" + (f", {rule}" if rule else "")
+    option = typer.Option(None, flag_name(f.name), help=help_text, show_default=False, metavar=metavar)
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=str | None)
+
+
+def _show(value: Any) -> str:
+    from energyat_core.evaluation import eps_text
+
+    if isinstance(value, float) and 0 < value < 1 and eps_text(value, "linf").endswith("/255"):
+        return eps_text(value, "linf")
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _kind_param(kind: Any) -> inspect.Parameter:
+    default = f" (default: {kind.default})" if kind.default else " (default: none)"
+    option = typer.Option(
         None,
-        "--proxy",
-        help="Proxy-distribution images (.npz of uint8 NHWC images + labels) "
-        "mixed into every batch; short for --source proxy:PATH (needs energyat-proxy).",
-    ),
-    proxy_ratio: str = typer.Option(
-        None,
-        "--proxy-ratio",
-        help="Proxy images per real image in each batch (default 1, i.e. 128+128); short for --set source.ratio=R.",
-    ),
-    set_: list[str] = typer.Option(
-        None,
-        "--set",
-        help="Component option KIND.NAME=VALUE (kinds: attack, loss, "
-        "weighter, backbone, dataset); repeatable, e.g. --set attack.steps=7.",
-    ),
-    config: str = typer.Option(
-        None, "--config", help="TOML file with run settings and [attack]/[loss]/... tables; flags override it."
-    ),
-    epochs: int = _opt("epochs", "--epochs"),
-    batch_size: int = _opt("batch_size", "--batch-size"),
-    optimizer: str = _opt("optimizer", "--optimizer"),
-    lr: str = _opt("lr", "--lr"),
-    momentum: float = _opt("momentum", "--momentum"),
-    weight_decay: float = _opt("weight_decay", "--weight-decay"),
-    schedule: str = _opt("schedule", "--schedule"),
-    milestones: str = _opt("milestones", "--milestones"),
-    gamma: float = _opt("gamma", "--gamma"),
-    warmup: float = _opt("warmup", "--warmup"),
-    seed: int = _opt("seed", "--seed"),
-    device: str = _opt("device", "--device"),
-    precision: str = _opt("precision", "--precision"),
-    compile_: bool = typer.Option(None, "--compile/--no-compile", help=HELP["compile"], show_default=False),
-    augment: bool = typer.Option(None, "--augment/--no-augment", help=HELP["augment"], show_default=False),
-    attack_bn: str = _opt("attack_bn", "--attack-bn"),
-    eval_n: int = _opt("eval_n", "--eval-n"),
-    eval_steps: int = _opt("eval_steps", "--eval-steps"),
-    eps: str = _opt("eps", "--eps"),
-    norm: str = _opt("norm", "--norm"),
-    max_train: int = _opt("max_train", "--max-train"),
-    out: Path = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<method>-<time>)."),
-    resume: Path = typer.Option(
-        None,
-        "--resume",
-        help="Continue the run in this directory from its last completed epoch (all other flags come from its config).",
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out."),
-    stop_after: int = typer.Option(
-        None,
-        "--stop-after",
-        help="Stop after this many epochs of this invocation (e.g. to fit a job slot); continue later with --resume.",
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or tables."),
+        kind.flag,
+        help=f"{kind.help[0].upper()}{kind.help[1:]}{default}; `energyat describe {kind.name}` lists them.",
+        show_default=False,
+        metavar="NAME",
+    )
+    return inspect.Parameter(kind.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=str | None)
+
+
+def _fixed_params() -> list[inspect.Parameter]:
+    """The flags that are about this invocation, not about the run."""
+    kw = inspect.Parameter.KEYWORD_ONLY
+
+    def p(name: str, annotation: Any, option: Any) -> inspect.Parameter:
+        return inspect.Parameter(name, kw, default=option, annotation=annotation)
+
+    return [
+        p(
+            "set_",
+            list[str] | None,
+            typer.Option(
+                None,
+                "--set",
+                metavar="KIND.OPTION=VALUE",
+                help=f"A component option (kinds: {', '.join(k.name for k in RUN_KINDS)}); repeatable, "
+                "e.g. --set attack.steps=7. `energyat describe KIND NAME` lists a component's options.",
+            ),
+        ),
+        p(
+            "config",
+            str | None,
+            typer.Option(
+                None,
+                "--config",
+                metavar="FILE",
+                help="TOML file (or a run's config.json) with settings and one table per part "
+                "(attack, loss, ...); flags override it.",
+            ),
+        ),
+        p("out", Path | None, typer.Option(None, "--out", "-o", help="Run directory (default: runs/METHOD-TIME).")),
+        p(
+            "resume",
+            Path | None,
+            typer.Option(
+                None,
+                "--resume",
+                help="Continue the run in this directory from its last completed epoch "
+                "(all other flags come from its config).",
+            ),
+        ),
+        p("overwrite", bool, typer.Option(False, "--overwrite", help="Replace a run already in --out.")),
+        p(
+            "stop_after",
+            int | None,
+            typer.Option(
+                None,
+                "--stop-after",
+                help="Stop after this many epochs of this invocation (e.g. to fit a job slot); "
+                "continue later with --resume.",
+            ),
+        ),
+        p("quiet", bool, typer.Option(False, "--quiet", "-q", help="No progress bar or tables.")),
+    ]
+
+
+def _signature() -> inspect.Signature:
+    hints = resolved_types(RunConfig)
+    method = setting_fields()[0]
+    assert method.name == "method"
+    params = [
+        inspect.Parameter(
+            "method",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(
+                None, "--method", "-m", metavar="NAME", help="Method preset (`energyat describe method` lists them)."
+            ),
+            annotation=str | None,
+        ),
+        *(_kind_param(kind) for kind in RUN_KINDS),
+        *(_setting_param(f, hints[f.name]) for f in setting_fields()[1:]),
+        *_fixed_params(),
+    ]
+    return inspect.Signature(params)
+
+
+def train(**kwargs: Any) -> None:
+    """Train a classifier: a preset (--method) or parts (--attack/--loss/--weighter/--backbone/...)."""
+    fixed = {p.name for p in _fixed_params()}
+    flags = {k: v for k, v in kwargs.items() if k not in fixed}
+    run(flags, **{k: v for k, v in kwargs.items() if k in fixed})
+
+
+train.__signature__ = _signature()  # type: ignore[attr-defined]
+train.__annotations__ = {p.name: p.annotation for p in train.__signature__.parameters.values()}  # type: ignore[attr-defined]
+
+
+def run(
+    flags: dict[str, Any],
+    *,
+    set_: list[str] | None = None,
+    config: str | None = None,
+    out: Path | None = None,
+    resume: Path | None = None,
+    overwrite: bool = False,
+    stop_after: int | None = None,
+    quiet: bool = False,
 ) -> None:
-    """Train a classifier: a preset (--method) or parts (--attack/--loss/--weighter/--backbone)."""
+    """What ``energyat train`` does with its parsed flags."""
     registry = get_registry()
     console = Console()
     if resume is not None:
-        run_dir = resume
-        config_path = run_dir / CONFIG_FILE
-        if not config_path.exists():
-            raise RunDirError(
-                f"'{run_dir}' holds no run to resume (no {CONFIG_FILE})",
-                "give the run directory of an earlier `energyat train`",
-            )
-        cfg = RunConfig.from_dict(json.loads(config_path.read_text()))
-        trainer = Trainer(cfg, run_dir, registry, console, quiet=quiet)
-        if (run_dir / "state.safetensors").exists():
-            trainer.resume()
-        if trainer.epoch >= cfg.epochs:
-            console.print(f"run '{run_dir}' is already complete ({trainer.epoch}/{cfg.epochs} epochs)")
-            return
-        if not quiet:
-            console.print(f"resuming '{run_dir}' after epoch {trainer.epoch}")
-        trainer.fit(stop_after)
-        distributed.shutdown(trainer.dist)
+        _resume(registry, console, resume, stop_after=stop_after, quiet=quiet)
         return
-    flags = {
-        "method": method,
-        "attack": attack,
-        "loss": loss,
-        "weighter": weighter,
-        "backbone": backbone,
-        "dataset": dataset,
-        "data_dir": data_dir,
-        "source": source,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "optimizer": optimizer,
-        "lr": lr,
-        "momentum": momentum,
-        "weight_decay": weight_decay,
-        "schedule": schedule,
-        "milestones": milestones,
-        "gamma": gamma,
-        "warmup": warmup,
-        "seed": seed,
-        "device": device,
-        "precision": precision,
-        "compile": compile_,
-        "augment": augment,
-        "attack_bn": attack_bn,
-        "eval_n": eval_n,
-        "eval_steps": eval_steps,
-        "eps": eps,
-        "norm": norm,
-        "max_train": max_train,
-    }
-    sets = list(set_ or [])
-    if proxy is not None:
-        flags["source"] = f"proxy:{Path(proxy).resolve()}"  # absolute: --resume may run elsewhere
-    if proxy_ratio is not None:
-        sets.append(f"source.ratio={proxy_ratio}")
-    cfg = compose(registry, config_file=config, flags=flags, sets=sets)
+    cfg = compose(registry, config_file=config, flags=flags, sets=list(set_ or []))
     info = distributed.from_environment()
     if out is None and info.enabled:
         raise ConfigError("--out is required under torchrun", "name the run directory, e.g. --out runs/ddp")
-    run_dir = out or Path("runs") / f"{cfg.method or cfg.attack}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = out or Path("runs") / f"{cfg.method or cfg.spec('attack')}-{time.strftime('%Y%m%d-%H%M%S')}"
     if info.is_main:  # the other ranks never write into the run directory
         prepare_run_dir(run_dir, cfg, resume=False, overwrite=overwrite)
     trainer = Trainer(cfg, run_dir, registry, console, quiet=quiet)
     if not quiet:
+        parts = ", ".join(f"{kind} {part.name}" for kind, part in cfg.parts.items())
         console.print(
-            f"training [bold]{cfg.method or 'custom'}[/]: attack {cfg.attack}, loss {cfg.loss}, weighter "
-            f"{cfg.weighter}, backbone {cfg.backbone}, dataset {cfg.dataset} on {trainer.device} ({trainer.precision})"
+            f"training [bold]{cfg.method or 'custom'}[/]: {parts} on {trainer.device} ({trainer.precision})"
             f" -> {run_dir}"
         )
     trainer.fit(stop_after)
     distributed.shutdown(trainer.dist)
+
+
+def _resume(registry: Any, console: Console, run_dir: Path, *, stop_after: int | None, quiet: bool) -> None:
+    import json
+
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.exists():
+        raise RunDirError(
+            f"'{run_dir}' holds no run to resume (no {CONFIG_FILE})", "give the run directory of an earlier `energyat train`"
+        )
+    cfg = RunConfig.from_dict(json.loads(config_path.read_text()), registry)
+    trainer = Trainer(cfg, run_dir, registry, console, quiet=quiet)
+    if (run_dir / "state.safetensors").exists():
+        trainer.resume()
+    if trainer.epoch >= cfg.epochs:
+        console.print(f"run '{run_dir}' is already complete ({trainer.epoch}/{cfg.epochs} epochs)")
+        return
+    if not quiet:
+        console.print(f"resuming '{run_dir}' after epoch {trainer.epoch}")
+    trainer.fit(stop_after)
+    distributed.shutdown(trainer.dist)
+

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from energyat_core.components import Dataset
-from energyat_core.config import option
+from energyat_core.options import option
 from energyat_core.data.cache import cache_key, cache_path, load_arrays, save_arrays
 from energyat_core.data.image_data import ImageData
 from energyat_core.errors import DataError

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from energyat_core.components import Dataset
-from energyat_core.config import option
+from energyat_core.options import option
 from energyat_core.data.image_data import ImageData
 
 SIZE = 32

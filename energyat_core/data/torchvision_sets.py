@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from energyat_core.components import Dataset
-from energyat_core.config import option
+from energyat_core.options import option
 from energyat_core.data.cache import default_data_dir
 from energyat_core.data.image_data import ImageData
 from energyat_core.data.imagefolder import ImageFolder, is_imagefolder

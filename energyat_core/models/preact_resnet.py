@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from energyat_core.components import Backbone
-from energyat_core.config import option
+from energyat_core.options import option
 from energyat_core.models._init import check_positive, init_cifar_weights
 
 

@@ -8,9 +8,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from energyat_core.components import Batch, Loss
-from energyat_core.config import option
-from energyat_trades.divergence import kl_per_sample
+from energyat_core.api import Batch, Loss, kl_per_sample, option
 
 
 @dataclass
@@ -18,23 +16,17 @@ class BridgedConfig:
     """Options of the ``bridged`` loss."""
 
     m: int = option(
-        5, "number of bridges: points x_i = x + (i/m)(x_adv - x), i = 0..m (the authors left no default; energyat: 5)"
+        5,
+        "number of bridges: points x_i = x + (i/m)(x_adv - x), i = 0..m (the authors left no default; energyat: 5)",
+        ge=1,
     )
-    beta: float = option(6.0, "weight of the sum of KL terms (the authors left no default; energyat: 6)")
+    beta: float = option(6.0, "weight of the sum of KL terms (the authors left no default; energyat: 6)", ge=0)
     forward: Literal["separate", "batched"] = option(
         "separate",
         "how the m-1 inner points go through the model: separate (one forward per point, as the authors' code; "
         "in train mode each point gets BatchNorm statistics of its own) or batched (one forward of (m-1)*B "
         "images: fewer, larger kernels, but BatchNorm statistics pooled over all inner points)",
     )
-
-    def __post_init__(self) -> None:
-        if self.m < 1:
-            raise ValueError(f"m (the number of bridges) must be at least 1, got {self.m}")
-        if not self.beta >= 0:
-            raise ValueError(f"beta must be non-negative, got {self.beta}")
-        if self.forward not in ("separate", "batched"):
-            raise ValueError(f"forward must be 'separate' or 'batched', got {self.forward!r}")
 
 
 class Bridged(Loss):
@@ -61,6 +53,7 @@ class Bridged(Loss):
         return list(batch.model(torch.cat(points)).split(batch.x.shape[0]))
 
     def __call__(self, batch: Batch) -> torch.Tensor:
+        """The per-sample bridged loss of ``batch``, shape ``[B]``."""
         chain = [batch.logits_clean, *self.inner_logits(batch), batch.logits_adv]
         ce = F.cross_entropy(batch.logits_clean.float(), batch.y, reduction="none")
         bridges = torch.stack([kl_per_sample(p, q) for p, q in zip(chain[:-1], chain[1:], strict=True)]).sum(0)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from energyat_bridged.loss import Bridged
 from energyat_core import hookimpl
-from energyat_core.methods import Method
-from energyat_pgd.plugin import PGD_AT
-from energyat_trades.plugin import TRADES
+from energyat_core.api import Method
 
+#: TRADES' preset (energyat-trades) with PGD-AT's adversary and the bridged loss
 BAT = Method(
     name="bat",
     help=(
@@ -19,10 +18,12 @@ BAT = Method(
         "TRADES' CIFAR-10 recipe, SGD lr 0.1, momentum 0.9, wd 2e-4, batch 128, 76 epochs, lr x0.1 at 74/76 of "
         "training"
     ),
-    attack=PGD_AT.attack,  # PGD on the CE: 10 steps of 2/255 in the 8/255 L-inf ball, uniform start
-    loss=("bridged", {"m": 5, "beta": 6.0}),
-    weighter=("uniform", {}),
-    training=TRADES.training,
+    based_on="trades",
+    parts={
+        # TRADES' pgd attack turned to the CE from a uniform start: PGD-AT's adversary
+        "attack": ("pgd", {"objective": "ce", "random_start": "uniform"}),
+        "loss": ("bridged", {"m": 5, "beta": 6.0}),
+    },
     reference="Kim et al. 2021, arXiv:2108.11135; no reference number is pinned by energyat's specification",
 )
 

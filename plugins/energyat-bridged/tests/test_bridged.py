@@ -12,9 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from energyat_bridged import Bridged, BridgedConfig
-from energyat_core.components import Batch
-from energyat_core.config import build_config
-from energyat_core.errors import ConfigError
+from energyat_core.api import Batch, ConfigError, build_config
+from energyat_core.testing import compose_config, fresh_registry
 from energyat_trades import Trades
 
 
@@ -136,7 +135,7 @@ def test_options_have_help_and_validate():
     for f in dataclasses.fields(BridgedConfig):
         assert f.metadata.get("help"), f.name
     assert "energyat" in dict((f.name, f.metadata["help"]) for f in dataclasses.fields(BridgedConfig))["m"]
-    with pytest.raises(ConfigError, match="at least 1"):
+    with pytest.raises(ConfigError, match="'m' must be >= 1"):
         build_config(BridgedConfig, {"m": "0"}, "loss 'bridged'")
     with pytest.raises(ConfigError, match="beta"):
         build_config(BridgedConfig, {"beta": "-2"}, "loss 'bridged'")
@@ -147,27 +146,39 @@ def test_options_have_help_and_validate():
 
 @pytest.fixture(scope="module")
 def registry():
-    from energyat_core.registry import Registry
+    return fresh_registry()
 
-    return Registry(set())
+
+def test_resolved_preset_is_trades_with_pgd_ats_adversary_and_the_bridged_loss(registry):
+    method = registry.method("bat")
+    assert "energyat's defaults" in method.help and "attack.objective=kl" in method.help
+    pgd_at, trades = registry.method("pgd-at"), registry.method("trades")
+    assert method.parts == {
+        "attack": pgd_at.parts["attack"],  # PGD on the CE: 10 steps of 2/255 in the 8/255 ball, uniform start
+        "loss": ("bridged", {"m": 5, "beta": 6.0}),
+        "weighter": ("uniform", {}),
+    }
+    assert method.parts["attack"] == (
+        "pgd",
+        {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "objective": "ce", "random_start": "uniform"},
+    )
+    assert method.settings == trades.settings  # TRADES' CIFAR-10 schedule
+    assert method.settings["epochs"] == 76 and method.settings["weight_decay"] == 2e-4
+    assert method.reference
 
 
 def test_registry_and_preset(registry):
-    from energyat_core.runconfig import RunConfig, compose
-
     loss = registry.create("loss", "bridged", m="3")
     assert isinstance(loss, Bridged) and loss.config.m == 3
     assert not next(p for p in registry.plugins if p.name == "bridged").errors
-    method = registry.method("bat")
-    assert "energyat's defaults" in method.help and "attack.objective=kl" in method.help
-    kw = registry.create("attack", method.attack[0], **method.attack[1]).config.pgd_kwargs()
+    cfg = compose_config(registry, method="bat")
+    kw = cfg.parts["attack"].config.pgd_kwargs()
     assert kw["objective"] == "ce" and kw["random_start"] == "uniform" and kw["steps"] == 10
     assert kw["eps"] == pytest.approx(8 / 255) and kw["alpha"] == pytest.approx(2 / 255)
-    assert method.loss == ("bridged", {"m": 5, "beta": 6.0})
-    RunConfig.from_dict(method.training)
+    assert cfg.parts["loss"].config == BridgedConfig(m=5, beta=6.0)
     # the documented KL adversary is two --set flags on top of the preset
-    cfg = compose(registry, method="bat", sets=["attack.objective=kl", "attack.random_start=normal"])
-    kw = registry.create("attack", cfg.attack, **cfg.component_options("attack")).config.pgd_kwargs()
+    cfg = compose_config(registry, method="bat", sets=["attack.objective=kl", "attack.random_start=normal"])
+    kw = cfg.parts["attack"].config.pgd_kwargs()
     assert kw["objective"] == "kl" and kw["random_start"] == "normal" and kw["steps"] == 10
 
 

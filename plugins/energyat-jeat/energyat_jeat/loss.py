@@ -22,7 +22,7 @@ SGLD (eta 1, sigma 0.01, model in eval mode) and writes the results back. The bu
 ``--resume``.
 
 Divergence guard (the JEM instability): non-finite energies stop the run with a
-:class:`~energyat_core.errors.NonFiniteError` before the update, so the last checkpoint is
+:class:`~energyat_core.api.NonFiniteError` before the update, so the last checkpoint is
 the last good state; ``energy_clip`` optionally clips each sample's energy difference to
 ``[-c, c]`` (a clipped sample contributes no energy gradient).
 """
@@ -35,30 +35,57 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from energyat_core.components import Batch, Loss, RunContext
-from energyat_core.config import option
-from energyat_core.energy import marginal_energy
-from energyat_core.errors import CheckpointError, NonFiniteError
+from energyat_core.api import (
+    Batch,
+    CheckpointError,
+    ConfigError,
+    Loss,
+    NonFiniteError,
+    RunContext,
+    build_config,
+    frozen_running_stats,
+    marginal_energy,
+    model_mode,
+    option,
+)
+from energyat_sgld import SGLDConfig
+
+#: the loss options that configure its ``sgld`` sampler -> the sampler's option names
+SAMPLER_OPTIONS = {
+    "sgld_steps": "steps",
+    "sgld_eta": "eta",
+    "sgld_sigma": "sigma",
+    "sgld_momentum": "momentum",
+    "init": "init",
+    "conditional": "conditional",
+}
 
 
 @dataclass
 class JEATConfig:
-    """Options of the ``jeat`` loss."""
+    """Options of the ``jeat`` loss.
+
+    ``sgld_*``, ``init`` and ``conditional`` go to the ``sgld`` sampler (see
+    :data:`SAMPLER_OPTIONS`) with JEM's defaults; their bounds are the sampler's, checked
+    by :meth:`check` against its declaration rather than restated here.
+    """
 
     lam: float = option(1.0, "weight lambda of the energy term E(x_adv) - E(x_sgld)")
-    buffer_size: int = option(10000, "images in the persistent replay buffer (JEM: 10,000)")
+    buffer_size: int = option(10000, "images in the persistent replay buffer (JEM: 10,000)", ge=1)
     reinit_prob: float = option(
-        0.05, "probability that a chain restarts from the initialisation instead of its buffer image (JEM: 0.05)"
+        0.05,
+        "probability that a chain restarts from the initialisation instead of its buffer image (JEM: 0.05)",
+        ge=0,
+        le=1,
     )
-    sgld_steps: int = option(20, "SGLD steps per training step (JEM: 20)")
-    sgld_eta: float = option(1.0, "SGLD step size eta: v <- m*v - (eta/2)*grad_x E (JEM: 1)")
-    sgld_sigma: float = option(0.01, "SGLD noise std (JEM: 0.01)")
-    sgld_momentum: float = option(0.0, "SGLD momentum (0: plain SGLD)")
-    init: Literal["noise", "gaussian", "pca"] = option(
+    sgld_steps: int = option(20, "the sgld sampler's steps per training step (JEM: 20)")
+    sgld_eta: float = option(1.0, "the sgld sampler's step size eta: v <- m*v - (eta/2)*grad_x E (JEM: 1)")
+    sgld_sigma: float = option(0.01, "the sgld sampler's noise std (JEM: 0.01)")
+    sgld_momentum: float = option(0.0, "the sgld sampler's momentum (0: plain SGLD)")
+    init: str = option(
         "noise",
-        "start of the buffer and of restarted chains, from the sgld sampler: noise (uniform in [0,1], JEM), "
+        "the sgld sampler's start of the buffer and of restarted chains: noise (uniform in [0,1], JEM), "
         "gaussian or pca (fitted per class on the training set)",
     )
     conditional: bool = option(
@@ -67,7 +94,7 @@ class JEATConfig:
         "false (default): from the marginal E(x), as JEM's p(x) term",
     )
     energy_clip: float | None = option(
-        None, "clip each sample's E(x_adv_i) - E(x_sgld_i) to [-c, c] (no gradient beyond); none: no clipping"
+        None, "clip each sample's E(x_adv_i) - E(x_sgld_i) to [-c, c] (no gradient beyond); none: no clipping", gt=0
     )
     energy_bn: Literal["joint", "eval", "train"] = option(
         "joint",
@@ -76,31 +103,22 @@ class JEATConfig:
         "(running statistics) or train (batch statistics, and the samples enter the running statistics)",
     )
     energy_limit: float = option(
-        1e4, "stop the run (divergence) when any |E| exceeds this; the energies of a sane classifier stay far below"
+        1e4,
+        "stop the run (divergence) when any |E| exceeds this; the energies of a sane classifier stay far below",
+        gt=0,
     )
 
-    def __post_init__(self) -> None:
-        if self.buffer_size < 1:
-            raise ValueError(f"buffer_size must be at least 1, got {self.buffer_size}")
-        if not 0.0 <= self.reinit_prob <= 1.0:
-            raise ValueError(f"reinit_prob must be in [0, 1], got {self.reinit_prob}")
-        if self.sgld_steps < 0:
-            raise ValueError(f"sgld_steps must be >= 0, got {self.sgld_steps}")
-        if not self.energy_limit > 0:
-            raise ValueError(f"energy_limit must be positive, got {self.energy_limit}")
-        if self.energy_clip is not None and not self.energy_clip > 0:
-            raise ValueError(f"energy_clip must be positive (or none), got {self.energy_clip}")
+    def check(self) -> None:
+        """The sampler options must suit the ``sgld`` sampler: checked against its own declaration."""
+        for mine, theirs in SAMPLER_OPTIONS.items():
+            try:
+                build_config(SGLDConfig, {theirs: getattr(self, mine)}, "the sgld sampler")
+            except ConfigError as err:
+                raise ValueError(f"{mine}: {err.problem}") from None
 
     def sampler_options(self) -> dict[str, Any]:
         """Options of the ``sgld`` sampler these settings mean."""
-        return {
-            "steps": self.sgld_steps,
-            "eta": self.sgld_eta,
-            "sigma": self.sgld_sigma,
-            "momentum": self.sgld_momentum,
-            "init": self.init,
-            "conditional": self.conditional,
-        }
+        return {theirs: getattr(self, mine) for mine, theirs in SAMPLER_OPTIONS.items()}
 
 
 def jeat_per_sample(
@@ -122,31 +140,6 @@ def jeat_per_sample(
     return ce + lam * diff
 
 
-class _FrozenRunningStats:
-    """Within the context, train-mode BatchNorm layers normalise with batch statistics but leave
-    their running statistics unchanged (momentum 0; the batch counter is restored on exit)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.layers = [
-            m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-        ]
-        self.saved: list[tuple[float | None, torch.Tensor | None]] = []
-
-    def __enter__(self) -> None:
-        for m in self.layers:
-            counter = m.num_batches_tracked.detach().clone() if m.num_batches_tracked is not None else None
-            self.saved.append((m.momentum, counter))
-            m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged, bit for bit
-
-    def __exit__(self, *exc: object) -> None:
-        with torch.no_grad():
-            for m, (momentum, counter) in zip(self.layers, self.saved, strict=True):
-                m.momentum = momentum
-                if counter is not None:
-                    m.num_batches_tracked.copy_(counter)
-        self.saved = []
-
-
 class JEAT(Loss):
     """JEAT (Zhu et al. 2021): CE on x_adv plus lambda * (E(x_adv) - E(x_sgld)), x_sgld from an SGLD replay buffer."""
 
@@ -160,13 +153,10 @@ class JEAT(Loss):
         self.num_classes = 0
         self.device = torch.device("cpu")
         self.run_dir: Any = None
-        self.last: dict[str, float] = {}
 
     def setup(self, ctx: RunContext) -> None:
-        """Create the ``sgld`` sampler through the registry and fill the buffer from its initialisation."""
-        from energyat_core.registry import get_registry
-
-        self.sampler = get_registry().create("sampler", "sgld", **self.config.sampler_options())
+        """Create the ``sgld`` sampler (through the run's context) and fill the buffer from its initialisation."""
+        self.sampler = ctx.create("sampler", "sgld", **self.config.sampler_options())
         self.sampler.setup(ctx)
         self.num_classes = ctx.num_classes
         self.device = ctx.device
@@ -216,14 +206,9 @@ class JEAT(Loss):
         SGLD and evaluation (all in eval mode) keep seeing statistics of data only.
         """
         mode = self.config.energy_bn
-        was_training = model.training
-        model.train(mode != "eval")
-        frozen = _FrozenRunningStats(model) if mode == "joint" else contextlib.nullcontext()
-        try:
-            with frozen:
-                return model(torch.cat([x_adv, x_sgld]))
-        finally:
-            model.train(was_training)
+        frozen = frozen_running_stats(model) if mode == "joint" else contextlib.nullcontext()
+        with model_mode(model, training=mode != "eval"), frozen:
+            return model(torch.cat([x_adv, x_sgld]))
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         n = len(batch.y)
@@ -240,7 +225,6 @@ class JEAT(Loss):
         limit = self.config.energy_limit
         both = torch.cat([e_adv, e_sgld])
         if bool(torch.isfinite(both).all()) and float(both.abs().max()) <= limit:
-            self.last = {"energy_adv": e_adv.mean().item(), "energy_sgld": e_sgld.mean().item()}
             return
         what = "non-finite" if not bool(torch.isfinite(both).all()) else f"larger than {limit:g} in magnitude"
         raise NonFiniteError(

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from energyat_core import hookimpl
-from energyat_core.methods import Method
-from energyat_pgd.plugin import PGD_AT
+from energyat_core.api import Method
 
 JEAT_METHOD = Method(
     name="jeat",
@@ -14,10 +13,9 @@ JEAT_METHOD = Method(
         "5% restarts from uniform noise; JEM's defaults). Schedule (chosen default, the paper gives none here): "
         "PGD-AT's, SGD lr 0.1, momentum 0.9, wd 5e-4, batch 128, 100 epochs, lr x0.1 at 50% and 75%"
     ),
-    attack=PGD_AT.attack,  # PGD on E(x, y), i.e. the CE: 10 steps of 2/255 in the 8/255 L-inf ball
-    loss=("jeat", {}),
-    weighter=("uniform", {}),
-    training=PGD_AT.training,
+    # pgd-at's attack (PGD on E(x, y), i.e. the CE: 10 steps of 2/255 in the 8/255 L-inf ball), weighter and schedule
+    based_on="pgd-at",
+    parts={"loss": ("jeat", {})},
     reference=(
         "Zhu et al. 2021 (ICCV), CIFAR-10: Inception Score 8.80 of SGLD samples (robust classifiers before: 7.50)"
     ),
@@ -34,5 +32,5 @@ def register_losses(register):
 
 @hookimpl
 def register_methods(register):
-    """Register the ``jeat`` preset."""
+    """Register the ``jeat`` preset (based on ``pgd-at`` from energyat-pgd)."""
     register(JEAT_METHOD)

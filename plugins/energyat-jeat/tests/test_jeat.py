@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 
@@ -11,13 +12,25 @@ import pytest
 import torch
 from torch import nn
 
-from energyat_core import checkpoint as ckpt
-from energyat_core.components import Batch, Loss, RunContext
-from energyat_core.config import build_config
-from energyat_core.data import ImageData
-from energyat_core.energy import marginal_energy
-from energyat_core.errors import CheckpointError, ConfigError, NonFiniteError
-from energyat_core.testing import quick_train, run_cli
+from energyat_core.api import (
+    Batch,
+    CheckpointError,
+    ConfigError,
+    ImageData,
+    Loss,
+    RunContext,
+    build_config,
+    marginal_energy,
+    NonFiniteError,
+)
+from energyat_core.testing import (
+    component_state,
+    compose_config,
+    fresh_registry,
+    quick_train,
+    run_cli,
+    state_round_trip,
+)
 from energyat_jeat.loss import JEAT, JEATConfig, jeat_per_sample
 
 SHAPE = (3, 4, 4)
@@ -31,11 +44,16 @@ def tiny_data(num_classes: int = 3, n: int = 60) -> ImageData:
                      (0.5,) * 3, (0.25,) * 3, "tiny")  # fmt: skip
 
 
+@functools.cache
+def registry():
+    return fresh_registry()
+
+
 def make_loss(data: ImageData | None = None, **options) -> JEAT:
     data = data or tiny_data()
     loss = JEAT(build_config(JEATConfig, options, "loss 'jeat'"))
     torch.manual_seed(0)
-    loss.setup(RunContext(device=torch.device("cpu"), num_classes=data.num_classes, data=data))
+    loss.setup(RunContext(device=torch.device("cpu"), num_classes=data.num_classes, data=data, registry=registry()))
     return loss
 
 
@@ -73,6 +91,16 @@ def test_defaults_are_methods_md_and_jem():
     for bad in ({"buffer_size": "0"}, {"reinit_prob": "1.5"}, {"energy_clip": "0"}, {"energy_limit": "-1"}):
         with pytest.raises(ConfigError):
             build_config(JEATConfig, bad, "loss 'jeat'")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "match"),
+    [("sgld_steps", "-1", "'steps' must be >= 0"), ("sgld_momentum", "1", "'momentum' must be >= 0, < 1"),
+     ("sgld_sigma", "-0.1", "'sigma' must be >= 0"), ("init", "zeros", "'init' expects one of")],
+)  # fmt: skip
+def test_sampler_options_are_checked_against_the_sampler_declaration(option, value, match):
+    with pytest.raises(ConfigError, match=f"loss 'jeat': {option}: the sgld sampler option {match}"):
+        build_config(JEATConfig, {option: value}, "loss 'jeat'")
 
 
 # --- the formula -----------------------------------------------------------------------------
@@ -115,7 +143,6 @@ def test_loss_through_a_batch_with_a_known_sgld_sample():
         ce = torch.nn.functional.cross_entropy(la, y, reduction="none")
         expected = ce + 2.0 * (-torch.logsumexp(la, 1) + torch.logsumexp(ls, 1))
     assert torch.allclose(got, expected, atol=1e-5)
-    assert loss.last["energy_sgld"] == pytest.approx(-torch.logsumexp(ls, 1).item(), abs=1e-5)
     got.mean().backward()
     assert model[1].weight.grad is not None
 
@@ -190,8 +217,7 @@ def test_state_dict_round_trip_and_shape_check():
     loss = make_loss(buffer_size=12, sgld_steps=0)
     state = loss.state_dict()
     assert set(state) == {"buffer", "labels"} and state["buffer"].shape == (12, *SHAPE)
-    tensors, skeleton = ckpt.flatten_state({"loss": state})
-    restored = ckpt.unflatten_state(tensors, skeleton)["loss"]
+    restored = state_round_trip(state)
     other = make_loss(buffer_size=12, sgld_steps=0)
     other.buffer.fill_(0.5)
     other.buffer_y.fill_(0)
@@ -206,23 +232,24 @@ def test_state_dict_round_trip_and_shape_check():
 # --- preset ----------------------------------------------------------------------------------
 
 
-def test_preset_is_registered_and_valid():
-    from energyat_core.registry import Registry
-    from energyat_core.runconfig import RunConfig
-    from energyat_pgd.attacks import PGD
-
-    registry = Registry(set())
-    method = registry.methods["jeat"]
-    assert method.loss == ("jeat", {}) and method.weighter == ("uniform", {})
-    attack = registry.create("attack", method.attack[0], **method.attack[1])
-    assert isinstance(attack, PGD)
-    kw = attack.config.pgd_kwargs()
-    assert kw["steps"] == 10 and kw["alpha"] == pytest.approx(2 / 255) and kw["eps"] == pytest.approx(8 / 255)
-    assert kw["objective"] == "ce" and kw["random_start"] == "uniform"
-    RunConfig.from_dict(method.training)
-    assert method.training["lr"] == 0.1 and method.training["epochs"] == 100
-    assert isinstance(registry.create("loss", "jeat"), JEAT)
-    plugin = next(p for p in registry.plugins if p.name == "jeat")
+def test_preset_is_pgd_at_with_the_jeat_loss():
+    reg = registry()
+    method, base = reg.method("jeat"), reg.method("pgd-at")
+    assert reg.methods["jeat"].based_on == "pgd-at"
+    assert method.parts["loss"] == ("jeat", {})
+    assert {k: v for k, v in method.parts.items() if k != "loss"} == {
+        k: v for k, v in base.parts.items() if k != "loss"
+    }  # attack, weighter (and anything else) as pgd-at's
+    assert method.settings == base.settings  # pgd-at's schedule
+    cfg = compose_config(reg, method="jeat")
+    assert (cfg.spec("attack"), cfg.spec("loss"), cfg.spec("weighter")) == ("pgd", "jeat", "uniform")
+    attack = cfg.parts["attack"].options
+    assert attack["steps"] == 10 and attack["eps"] == pytest.approx(8 / 255) and attack["alpha"] == pytest.approx(2 / 255)
+    assert attack["objective"] == "ce" and attack["random_start"] == "uniform"
+    assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.schedule) == (0.1, 100, 128, "multistep")
+    assert isinstance(reg.create_part("loss", cfg.parts["loss"]), JEAT)
+    assert cfg.parts["loss"].config == JEATConfig()  # the loss's defaults: JEM's
+    plugin = next(p for p in reg.plugins if p.name == "jeat")
     assert not plugin.errors and {"loss:jeat", "method:jeat"} <= set(plugin.registered)
 
 
@@ -240,11 +267,10 @@ def test_buffer_survives_resume(tmp_path):
     full, split = tmp_path / "full", tmp_path / "split"
     quick_train(full, *RESUME_ARGS)
     quick_train(split, *RESUME_ARGS, "--stop-after", "1")
-    after_one = ckpt.load_state(split / ckpt.STATE_FILE)["components"]["loss"]
+    after_one = component_state(split, "loss")
     assert after_one["buffer"].shape == (64, *(3, 32, 32))
     assert run_cli("train", "--resume", split, "--quiet") == 0
-    a = ckpt.load_state(full / ckpt.STATE_FILE)["components"]["loss"]
-    b = ckpt.load_state(split / ckpt.STATE_FILE)["components"]["loss"]
+    a, b = component_state(full, "loss"), component_state(split, "loss")
     assert not torch.equal(after_one["buffer"], b["buffer"])  # the second epoch moved the chains
     assert torch.equal(a["buffer"], b["buffer"]) and torch.equal(a["labels"], b["labels"])
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from energyat_core import hookimpl
-from energyat_core.methods import Method
+from energyat_core.api import Method
 from energyat_pgd.attacks import FGSM, FGSMRS, PGD
 
 
 @hookimpl
 def register_attacks(register):
+    """Register the ``pgd``, ``fgsm`` and ``fgsm-rs`` attacks."""
     register("pgd", PGD)
     register("fgsm", FGSM)
     register("fgsm-rs", FGSMRS)
@@ -22,10 +23,15 @@ PGD_AT = Method(
         "100 epochs, lr x0.1 at 50% and 75% of training, the fractions of Rice et al. 2020's piecewise schedule "
         "(200 epochs, decays at 100 and 150)"
     ),
-    attack=("pgd", {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "objective": "ce", "random_start": "uniform"}),
-    loss=("ce", {}),
-    weighter=("uniform", {}),
-    training={
+    parts={
+        "attack": (
+            "pgd",
+            {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "objective": "ce", "random_start": "uniform"},
+        ),
+        "loss": ("ce", {}),
+        "weighter": ("uniform", {}),
+    },
+    settings={
         "epochs": 100,
         "optimizer": "sgd",
         "lr": 0.1,
@@ -41,30 +47,22 @@ PGD_AT = Method(
     ),
 )
 
+#: PGD-AT with Wong et al.'s single-step attack and short cyclic schedule; optimiser as PGD-AT
 FGSM_RS = Method(
     name="fgsm-rs",
     help=(
         "Fast adversarial training (Wong et al. 2020, 'Fast is better than free'): CE on x_adv from FGSM with "
         "random start U(-eps,eps) and step 1.25*eps; 15 epochs, cyclic lr 0 -> 0.2 (at 2/5 of training) -> 0"
     ),
-    attack=("fgsm-rs", {}),
-    loss=("ce", {}),
-    weighter=("uniform", {}),
-    training={
-        "epochs": 15,
-        "optimizer": "sgd",
-        "lr": 0.2,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "batch_size": 128,
-        "schedule": "cyclic",
-        "warmup": 0.4,
-    },
+    based_on="pgd-at",
+    parts={"attack": ("fgsm-rs", {})},
+    settings={"epochs": 15, "lr": 0.2, "schedule": "cyclic", "warmup": 0.4},
     reference="Wong et al. 2020: 46% PGD-50 on PreActResNet-18 (CIFAR-10, eps 8/255), 12 min on one 2080 Ti",
 )
 
 
 @hookimpl
 def register_methods(register):
+    """Register the ``pgd-at`` and ``fgsm-rs`` presets."""
     register(PGD_AT)
     register(FGSM_RS)

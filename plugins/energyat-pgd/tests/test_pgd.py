@@ -8,11 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from energyat_core.components import Attack
-from energyat_core.config import build_config
-from energyat_core.errors import ConfigError
-from energyat_core.perturbation import objective_values
-from energyat_pgd.attacks import FGSM, FGSMRS, PGD, FGSMConfig, FGSMRSConfig, PGDConfig
+from energyat_core.api import Attack, ConfigError, build_config, default_step, objective_values
+from energyat_core.testing import compose_config, fresh_registry
+from energyat_pgd import FGSM, FGSMRS, PGD, FGSMConfig, FGSMRSConfig, PGDConfig
 
 EPS = 8 / 255
 
@@ -49,6 +47,14 @@ def test_pgd_defaults_per_norm():
     assert PGDConfig(eps=0.1, alpha=0.01).pgd_kwargs()["alpha"] == 0.01
 
 
+def test_pgd_default_step_is_cores_rule():
+    # eps/4 from 10 steps on, 2.5 * eps / steps below: core's default_step, for both norms
+    for steps in (1, 3, 7, 10, 20):
+        assert PGDConfig(steps=steps).resolved_alpha() == default_step(EPS, steps)
+        assert PGDConfig(steps=steps, norm="l2").resolved_alpha() == default_step(0.5, steps)
+    assert PGDConfig(steps=5).resolved_alpha() == pytest.approx(2.5 * EPS / 5)
+
+
 def test_fgsm_defaults():
     kw = FGSMConfig().pgd_kwargs()
     assert kw["steps"] == 1 and kw["alpha"] == kw["eps"] == EPS and kw["random_start"] == "none"
@@ -79,26 +85,26 @@ def test_every_option_has_help():
 @pytest.mark.parametrize(
     ("options", "match"),
     [
-        ({"steps": 0}, "steps"),
-        ({"restarts": 0}, "restarts"),
-        ({"eps": 0.0}, "eps"),
-        ({"eps": -1.0}, "eps"),
-        ({"alpha": 0.0}, "alpha"),
+        ({"steps": "0"}, "'steps' must be >= 1"),
+        ({"restarts": "0"}, "'restarts' must be >= 1"),
+        ({"eps": "0"}, "'eps' must be > 0"),
+        ({"eps": "-1"}, "'eps' must be > 0"),
+        ({"alpha": "0"}, "'alpha' must be > 0"),
         ({"norm": "l1"}, "norm"),
         ({"objective": "mse"}, "objective"),
         ({"random_start": "gauss"}, "random_start"),
     ],
 )
 def test_config_validation(options, match):
-    with pytest.raises(ValueError, match=match):
-        PGDConfig(**options)
+    with pytest.raises(ConfigError, match=match):
+        build_config(PGDConfig, options, "attack 'pgd'")
 
 
-def test_config_validation_through_build_config():
-    with pytest.raises(ConfigError, match="steps must be at least 1"):
-        build_config(PGDConfig, {"steps": "0"}, "attack 'pgd'")
+def test_config_validation_of_the_single_step_attacks():
     with pytest.raises(ConfigError, match="eps"):
         build_config(FGSMRSConfig, {"eps": "-8/255"}, "attack 'fgsm-rs'")
+    with pytest.raises(ConfigError, match="'alpha' must be > 0"):
+        build_config(FGSMConfig, {"alpha": "0"}, "attack 'fgsm'")
     with pytest.raises(ConfigError, match="no option 'steps'"):
         build_config(FGSMConfig, {"steps": "3"}, "attack 'fgsm'")
     cfg = build_config(PGDConfig, {"eps": "16/255", "steps": "7", "norm": "linf"}, "attack 'pgd'")
@@ -185,8 +191,7 @@ def test_attack_under_bf16_autocast():
 
 @pytest.fixture(scope="module")
 def registry():
-    reg = pytest.importorskip("energyat_core.registry")
-    return reg.Registry(set())
+    return fresh_registry()
 
 
 def test_registry_creates_the_attacks(registry):
@@ -201,21 +206,44 @@ def test_registry_creates_the_attacks(registry):
     assert not plugin.errors
 
 
-def test_presets_are_registered_and_valid(registry):
-    from energyat_core.runconfig import RunConfig, field_names
+#: the settings both presets train with (PGD-AT's; fgsm-rs is based on it)
+PGD_AT_SETTINGS = {
+    "epochs": 100,
+    "optimizer": "sgd",
+    "lr": 0.1,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "batch_size": 128,
+    "schedule": "multistep",
+    "milestones": (0.5, 0.75),
+    "gamma": 0.1,
+}
 
-    assert {"pgd-at", "fgsm-rs"} <= set(registry.methods)
-    for name in ("pgd-at", "fgsm-rs"):
-        method = registry.methods[name]
-        attack = registry.create("attack", method.attack[0], **method.attack[1])
-        assert isinstance(attack, PGD)
-        assert set(method.training) <= set(field_names())
-        RunConfig.from_dict(method.training)  # every value has the right type
+
+def test_resolved_presets_have_the_expected_parts_and_settings(registry):
+    pgd_at = registry.method("pgd-at")
+    assert pgd_at.parts == {
+        "attack": ("pgd", {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "objective": "ce", "random_start": "uniform"}),
+        "loss": ("ce", {}),
+        "weighter": ("uniform", {}),
+    }
+    assert pgd_at.settings == PGD_AT_SETTINGS
+    fgsm_rs = registry.method("fgsm-rs")
+    assert fgsm_rs.parts == {"attack": ("fgsm-rs", {}), "loss": ("ce", {}), "weighter": ("uniform", {})}
+    assert fgsm_rs.settings == {**PGD_AT_SETTINGS, "epochs": 15, "lr": 0.2, "schedule": "cyclic", "warmup": 0.4}
+    for method in (pgd_at, fgsm_rs):
         assert method.help and method.reference
-    pgd_at = registry.methods["pgd-at"]
-    kw = registry.create("attack", *pgd_at.attack[:1], **pgd_at.attack[1]).config.pgd_kwargs()
+
+
+def test_presets_compose_into_valid_runs(registry):
+    for name in ("pgd-at", "fgsm-rs"):
+        cfg = compose_config(registry, method=name)  # every part and setting validates
+        assert isinstance(registry.create_part("attack", cfg.parts["attack"]), PGD)
+    pgd_at = compose_config(registry, method="pgd-at")
+    kw = pgd_at.parts["attack"].config.pgd_kwargs()
     assert kw["steps"] == 10 and kw["alpha"] == pytest.approx(2 / 255) and kw["eps"] == pytest.approx(EPS)
-    assert pgd_at.training["milestones"] == (0.5, 0.75) and pgd_at.training["schedule"] == "multistep"
-    fgsm_rs = registry.methods["fgsm-rs"]
-    assert fgsm_rs.training["epochs"] == 15 and fgsm_rs.training["lr"] == 0.2
-    assert fgsm_rs.training["schedule"] == "cyclic" and fgsm_rs.training["warmup"] == pytest.approx(0.4)
+    assert pgd_at.milestones == (0.5, 0.75) and pgd_at.schedule == "multistep"
+    fgsm_rs = compose_config(registry, method="fgsm-rs")
+    assert fgsm_rs.spec("attack") == "fgsm-rs"
+    assert fgsm_rs.epochs == 15 and fgsm_rs.lr == 0.2
+    assert fgsm_rs.schedule == "cyclic" and fgsm_rs.warmup == pytest.approx(0.4)

@@ -24,15 +24,18 @@ import torch
 import typer
 from rich.console import Console
 
-from energyat_core.components import RunContext
-from energyat_core.config import as_dict
-from energyat_core.energy import joint_energy, marginal_energy
-from energyat_core.errors import ConfigError
-from energyat_core.precision import resolve_device
-from energyat_core.progress import table, task_progress
-from energyat_core.registry import get_registry
-from energyat_core.runconfig import parse_sets
-from energyat_core.runs import load_run
+from energyat_core.api import (
+    ConfigError,
+    RunContext,
+    as_dict,
+    joint_energy,
+    load_run,
+    marginal_energy,
+    parse_sets,
+    resolve_device,
+    table,
+    task_progress,
+)
 from energyat_sgld import metrics as metrics_mod
 
 GRID_FILE = "grid.png"
@@ -41,6 +44,7 @@ SUMMARY_FILE = "summary.json"
 
 
 def add_commands(app: typer.Typer) -> None:
+    """Add ``energyat generate`` to the CLI."""
     app.command("generate")(generate)
 
 
@@ -123,7 +127,6 @@ def generate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
 ) -> None:
     """Draw samples from a trained classifier's energy: grid.png, samples.npz and summary.json."""
-    registry = get_registry()
     console = Console()
     if n < 1:
         raise ConfigError(f"--n must be at least 1, got {n}", "pass the number of samples to draw, e.g. --n 1000")
@@ -134,14 +137,14 @@ def generate(
     # fail before sampling if the metrics cannot be computed (library or weights missing)
     extractor = metrics_mod.inception_extractor(inception_weights, dev) if names else None
 
-    run = load_run(run_dir, which=checkpoint, device=dev, registry=registry)
+    run = load_run(run_dir, which=checkpoint, device=dev)
     model = run.model.eval()
     num_classes = run.data.num_classes
     if names and real_n <= 0:
         run.data.require_in_memory("--real-n 0 (FID against every training image)", "pass --real-n N, e.g. 10000")
     judge_run = None
     if judge is not None:
-        judge_run = load_run(judge, device=dev, registry=registry)
+        judge_run = load_run(judge, device=dev)
         if judge_run.data.num_classes != num_classes or judge_run.data.image_shape != run.data.image_shape:
             raise ConfigError(
                 f"--judge run '{judge}' classifies {judge_run.data.num_classes} classes of "
@@ -155,9 +158,9 @@ def generate(
         options["init"] = init
     if steps is not None:
         options["steps"] = steps
-    sampler = registry.create("sampler", sampler_name, **options)
+    ctx = RunContext(device=dev, num_classes=num_classes, data=run.data, run_dir=Path(run_dir), seed=seed)
+    sampler = ctx.create("sampler", sampler_name, **options)
     torch.manual_seed(seed)
-    ctx = RunContext(device=dev, num_classes=num_classes, data=run.data, run_dir=Path(run_dir), model=model)
     start = time.perf_counter()
     sampler.setup(ctx)
     fit_seconds = time.perf_counter() - start

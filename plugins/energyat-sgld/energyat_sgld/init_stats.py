@@ -31,8 +31,7 @@ from typing import Any
 
 import torch
 
-from energyat_core.checkpoint import atomic_save, read_safetensors
-from energyat_core.errors import CheckpointError
+from energyat_core.api import CheckpointError, atomic_save, read_safetensors
 
 #: added to the class covariance of the ``gaussian`` initialisation (Santurkar et al. 2019)
 GAUSSIAN_RIDGE = 1e-4

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from energyat_core.errors import EnergyATError
+from energyat_core.api import EnergyATError
 
 #: where torch-fidelity downloads its InceptionV3 weights from (torch-fidelity 0.4.0)
 INCEPTION_URL = (

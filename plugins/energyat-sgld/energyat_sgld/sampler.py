@@ -23,13 +23,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from energyat_core.components import RunContext, Sampler
-from energyat_core.config import option
-from energyat_core.energy import joint_energy, marginal_energy
-from energyat_core.errors import ConfigError
+from energyat_core.api import ConfigError, RunContext, Sampler, joint_energy, marginal_energy, model_mode, option
 from energyat_sgld.init_stats import ClassStats, load_or_fit
-
-INITS = ("noise", "gaussian", "pca")
 
 #: ``callback(step, x, energy)`` sees every step's input images and their energies (before the update)
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
@@ -39,10 +34,10 @@ StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 class SGLDConfig:
     """Options of the ``sgld`` sampler."""
 
-    eta: float = option(1.0, "step size eta of the update v <- m*v - (eta/2)*grad_x E")
-    steps: int = option(20, "number of SGLD steps K (0 returns the initialisation)")
-    momentum: float = option(0.0, "momentum m in [0, 1) (0: plain SGLD)")
-    sigma: float = option(0.001, "std of the Gaussian noise sigma*xi added at every step (WEAT's code: 0.001)")
+    eta: float = option(1.0, "step size eta of the update v <- m*v - (eta/2)*grad_x E", ge=0)
+    steps: int = option(20, "number of SGLD steps K (0 returns the initialisation)", ge=0)
+    momentum: float = option(0.0, "momentum m (0: plain SGLD)", ge=0, lt=1)
+    sigma: float = option(0.001, "std of the Gaussian noise sigma*xi added at every step (WEAT's code: 0.001)", ge=0)
     init: Literal["noise", "gaussian", "pca"] = option(
         "pca",
         "start of the chain: noise (uniform in [0,1]), gaussian (N(mu_y, Sigma_y + 1e-4 I) per class, "
@@ -51,32 +46,17 @@ class SGLDConfig:
     conditional: bool = option(
         True, "descend E(x,y) = -f(x)_y when labels are given; false: the marginal E(x) = -logsumexp_k f(x)_k"
     )
-    fit_n: int = option(5000, "gaussian/pca: fit each class on at most its first fit_n training images")
-    pca_variance: float = option(0.95, "pca: keep the leading components explaining this share of the class variance")
+    fit_n: int = option(5000, "gaussian/pca: fit each class on at most its first fit_n training images", ge=2)
+    pca_variance: float = option(
+        0.95, "pca: keep the leading components explaining this share of the class variance", gt=0, le=1
+    )
     pca_scale: float = option(
         0.005,
         "pca: x0 = mu_y + sum_i s_i * z_i * pca_scale * PC_i, with s_i the singular values of the centred "
         "class data matrix (sklearn's singular_values_, as in WEAT's code)",
+        ge=0,
     )
     cache: bool = option(True, "keep the fitted statistics in the run directory (sgld_init_<init>.safetensors)")
-
-    def __post_init__(self) -> None:
-        if self.eta < 0:
-            raise ValueError(f"eta must be >= 0, got {self.eta}")
-        if self.steps < 0:
-            raise ValueError(f"steps must be >= 0, got {self.steps}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.sigma < 0:
-            raise ValueError(f"sigma must be >= 0, got {self.sigma}")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
-        if self.fit_n < 2:
-            raise ValueError(f"fit_n must be at least 2, got {self.fit_n}")
-        if not 0.0 < self.pca_variance <= 1.0:
-            raise ValueError(f"pca_variance must be in (0, 1], got {self.pca_variance}")
-        if self.pca_scale < 0:
-            raise ValueError(f"pca_scale must be >= 0, got {self.pca_scale}")
 
 
 def sgld_energy(logits: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
@@ -147,11 +127,9 @@ class SGLD(Sampler):
         """
         cfg = self.config
         labels = y if (cfg.conditional and y is not None) else None
-        was_training = model.training
-        model.eval()
         x = x0.detach().float().clone()
         v = torch.zeros_like(x)
-        try:
+        with model_mode(model, training=False):
             for step in range(cfg.steps):
                 x.requires_grad_(True)
                 with torch.enable_grad():
@@ -166,6 +144,4 @@ class SGLD(Sampler):
                     if cfg.sigma > 0:
                         x = x + cfg.sigma * torch.randn_like(x)
                     x = x.clamp_(0.0, 1.0)
-        finally:
-            model.train(was_training)
         return x.detach()

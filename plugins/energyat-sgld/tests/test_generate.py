@@ -62,7 +62,7 @@ def test_generation_is_seeded_and_the_accuracy_is_on_the_saved_images(run, tmp_p
     assert generate(run, tmp_path / "b", "--n", "10", "--steps", "2", "--init", "noise") == 0
     a, b = np.load(tmp_path / "a" / "samples.npz"), np.load(tmp_path / "b" / "samples.npz")
     assert np.array_equal(a["images"], b["images"])
-    from energyat_core.runs import load_run
+    from energyat_core.api import load_run
 
     model = load_run(run).model
     with torch.no_grad():
@@ -116,6 +116,6 @@ def test_bad_arguments_are_one_line_errors(run, tmp_path, capsys):
     assert generate(run, tmp_path / "x", "--metrics", "kid") == 2
     assert "unknown metric" in capsys.readouterr().err
     assert generate(run, tmp_path / "x", "--set", "sampler.steps=-1") == 2
-    assert "steps must be >= 0" in capsys.readouterr().err
+    assert "'steps' must be >= 0" in capsys.readouterr().err
     assert generate(tmp_path / "missing", tmp_path / "x") == 2
     assert "does not exist" in capsys.readouterr().err

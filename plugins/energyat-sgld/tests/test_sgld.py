@@ -8,11 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from energyat_core.components import RunContext, Sampler
-from energyat_core.config import build_config
-from energyat_core.data import ImageData
-from energyat_core.energy import joint_energy, marginal_energy
-from energyat_core.errors import ConfigError
+from energyat_core.api import ConfigError, ImageData, RunContext, Sampler, build_config, joint_energy, marginal_energy
+from energyat_core.testing import fresh_registry
 from energyat_sgld.init_stats import GAUSSIAN_RIDGE, cache_path, fit_class_stats
 from energyat_sgld.sampler import SGLD, SGLDConfig
 
@@ -258,9 +255,7 @@ def test_setup_without_data_is_a_config_error():
 
 
 def test_registered_through_the_plugin():
-    from energyat_core.registry import Registry
-
-    registry = Registry(set())
+    registry = fresh_registry()
     sampler = registry.create("sampler", "sgld", steps="7", init="noise")
     assert isinstance(sampler, SGLD) and sampler.config.steps == 7
     plugin = next(p for p in registry.plugins if p.name == "sgld")

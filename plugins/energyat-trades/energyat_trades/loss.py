@@ -8,26 +8,18 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from energyat_core.components import Batch, Loss
-from energyat_core.config import option
-from energyat_trades.divergence import kl_per_sample
+from energyat_core.api import Batch, Loss, kl_per_sample, option
 
 
 @dataclass
 class TradesConfig:
     """Options of the ``trades`` loss."""
 
-    beta: float = option(6.0, "weight of the KL term, 1/lambda in the paper (TRADES' CIFAR-10 setting: 6)")
+    beta: float = option(6.0, "weight of the KL term, 1/lambda in the paper (TRADES' CIFAR-10 setting: 6)", ge=0)
     ce_on: Literal["clean", "adv"] = option(
         "clean",
         "inputs of the cross-entropy term: clean (TRADES; WEAT's 'nat' variant) or adv (WEAT's 'adv' variant)",
     )
-
-    def __post_init__(self) -> None:
-        if not self.beta >= 0:
-            raise ValueError(f"beta must be non-negative, got {self.beta}")
-        if self.ce_on not in ("clean", "adv"):
-            raise ValueError(f"ce_on must be 'clean' or 'adv', got {self.ce_on!r}")
 
 
 class Trades(Loss):
@@ -42,6 +34,7 @@ class Trades(Loss):
     Config = TradesConfig
 
     def __call__(self, batch: Batch) -> torch.Tensor:
+        """The per-sample TRADES loss of ``batch``, shape ``[B]``."""
         logits_clean = batch.logits_clean
         logits_adv = batch.logits_adv
         ce_logits = logits_clean if self.config.ce_on == "clean" else logits_adv

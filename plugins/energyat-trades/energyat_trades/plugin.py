@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 from energyat_core import hookimpl
-from energyat_core.methods import Method
+from energyat_core.api import Method
 from energyat_trades.loss import Trades
-
-#: TRADES' inner maximisation: KL objective from x + 0.001 N(0, I), 10 steps of
-#: 2/255 (their code: 0.007) in the 8/255 L-inf ball; the ``pgd`` attack of energyat-pgd
-TRADES_ATTACK = ("pgd", {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "objective": "kl", "random_start": "normal"})
 
 TRADES = Method(
     name="trades",
@@ -18,10 +14,17 @@ TRADES = Method(
         "script train_trades_cifar10.py: SGD lr 0.1, momentum 0.9, wd 2e-4, batch 128, "
         "76 epochs, lr x0.1 for the last 2 epochs (from their epoch 75, i.e. at 74/76 of training)"
     ),
-    attack=TRADES_ATTACK,
-    loss=("trades", {"beta": 6.0}),
-    weighter=("uniform", {}),
-    training={
+    parts={
+        # TRADES' inner maximisation, the ``pgd`` attack of energyat-pgd: KL objective from
+        # x + 0.001 N(0, I), 10 steps of 2/255 (their code: 0.007) in the 8/255 L-inf ball
+        "attack": (
+            "pgd",
+            {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "objective": "kl", "random_start": "normal"},
+        ),
+        "loss": ("trades", {"beta": 6.0}),
+        "weighter": ("uniform", {}),
+    },
+    settings={
         "epochs": 76,
         "optimizer": "sgd",
         "lr": 0.1,

@@ -11,10 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from energyat_core.components import Batch
-from energyat_core.config import build_config
-from energyat_core.errors import ConfigError
-from energyat_trades import Trades, TradesConfig, kl_per_sample
+from energyat_core.api import Batch, ConfigError, build_config, kl_per_sample, lr_at
+from energyat_core.testing import compose_config, fresh_registry
+from energyat_trades import Trades, TradesConfig
 
 LN2 = math.log(2.0)
 #: a shorter quick_train run for the end-to-end tests
@@ -31,7 +30,7 @@ def logit_batch(clean: torch.Tensor, adv: torch.Tensor, y: torch.Tensor) -> Batc
     return Batch(nn.Identity(), clean, y, adv)
 
 
-# --- the KL term on hand-computed cases ---------------------------------------------------
+# --- the KL term (core's kl_per_sample, which the TRADES loss uses) on hand-computed cases ----
 
 
 def test_kl_on_hand_computed_distributions():
@@ -144,7 +143,7 @@ def test_loss_uses_the_batch_shared_logits():
 def test_options_have_help_and_validate():
     for f in dataclasses.fields(TradesConfig):
         assert f.metadata.get("help"), f.name
-    with pytest.raises(ConfigError, match="beta must be non-negative"):
+    with pytest.raises(ConfigError, match="'beta' must be >= 0"):
         build_config(TradesConfig, {"beta": "-1"}, "loss 'trades'")
     with pytest.raises(ConfigError, match="ce_on"):
         build_config(TradesConfig, {"ce_on": "both"}, "loss 'trades'")
@@ -153,31 +152,44 @@ def test_options_have_help_and_validate():
 
 @pytest.fixture(scope="module")
 def registry():
-    from energyat_core.registry import Registry
+    return fresh_registry()
 
-    return Registry(set())
+
+def test_resolved_preset_has_the_expected_parts_and_settings(registry):
+    method = registry.method("trades")
+    assert method.based_on is None
+    assert method.parts == {
+        "attack": ("pgd", {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "objective": "kl", "random_start": "normal"}),
+        "loss": ("trades", {"beta": 6.0}),
+        "weighter": ("uniform", {}),
+    }
+    assert method.settings == {
+        "epochs": 76,
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 2e-4,
+        "batch_size": 128,
+        "schedule": "multistep",
+        "milestones": (74 / 76,),
+        "gamma": 0.1,
+    }
+    assert method.reference and "84.92" in method.reference and "53.08" in method.reference
 
 
 def test_registry_and_preset(registry):
-    from energyat_core.runconfig import RunConfig, compose
-
     loss = registry.create("loss", "trades", beta="2")
     assert isinstance(loss, Trades) and loss.config.beta == 2.0
     assert not next(p for p in registry.plugins if p.name == "trades").errors
-    method = registry.method("trades")
-    attack = registry.create("attack", method.attack[0], **method.attack[1])
-    kw = attack.config.pgd_kwargs()
+    cfg = compose_config(registry, method="trades")
+    kw = cfg.parts["attack"].config.pgd_kwargs()
     assert kw["objective"] == "kl" and kw["random_start"] == "normal" and kw["steps"] == 10
     assert kw["eps"] == pytest.approx(8 / 255) and kw["alpha"] == pytest.approx(2 / 255)
-    assert method.loss == ("trades", {"beta": 6.0}) and method.weighter == ("uniform", {})
-    assert method.reference and "84.92" in method.reference and "53.08" in method.reference
-    RunConfig.from_dict(method.training)
-    cfg = compose(registry, method="trades")
+    assert cfg.parts["loss"].config == TradesConfig(beta=6.0, ce_on="clean")
+    assert cfg.spec("weighter") == "uniform"
     assert (cfg.epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size) == (76, 0.1, 0.9, 2e-4, 128)
     assert cfg.schedule == "multistep" and cfg.gamma == 0.1
     # the lr drops x0.1 exactly when the authors' epoch 75 (1-based) starts
-    from energyat_core.schedules import lr_at
-
     per_epoch = 391
     kwargs = dict(schedule=cfg.schedule, lr=cfg.lr, milestones=cfg.milestones, gamma=cfg.gamma)
     assert lr_at(74 * per_epoch - 1, 76 * per_epoch, **kwargs) == pytest.approx(0.1)

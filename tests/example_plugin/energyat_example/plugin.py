@@ -1,4 +1,4 @@
-"""Registers the attack ``noise`` and the weighter ``focal``."""
+"""Registers the attack ``noise``, the weighter ``focal`` and the presets ``noise-at`` and ``noise-focal``."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from energyat_core import hookimpl
-from energyat_core.components import Attack, Batch, Weighter
-from energyat_core.config import option
+from energyat_core.api import Attack, Batch, Method, Weighter, hookimpl, option
 
 
 class UniformNoise(Attack):
@@ -16,7 +14,7 @@ class UniformNoise(Attack):
 
     @dataclass
     class Config:
-        eps: float = option(8 / 255, "L-inf radius of the noise")
+        eps: float = option(8 / 255, "L-inf radius of the noise", gt=0, le=1)
 
     def perturb(self, model, x, y):
         noise = torch.empty_like(x).uniform_(-self.config.eps, self.config.eps)
@@ -28,7 +26,7 @@ class Focal(Weighter):
 
     @dataclass
     class Config:
-        gamma: float = option(2.0, "focusing exponent; 0 gives uniform weights")
+        gamma: float = option(2.0, "focusing exponent; 0 gives uniform weights", ge=0)
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         p_y = batch.logits_adv.detach().float().softmax(1).gather(1, batch.y[:, None]).squeeze(1)
@@ -44,3 +42,27 @@ def register_attacks(register):
 @hookimpl
 def register_weighters(register):
     register("focal", Focal)
+
+
+#: a preset of this plugin's parts and core's loss
+NOISE_AT = Method(
+    name="noise-at",
+    help="Training on inputs with uniform noise in the 8/255 ball (an example preset)",
+    parts={"attack": ("noise", {"eps": 8 / 255}), "loss": ("ce", {})},
+    settings={"epochs": 3, "lr": 0.05, "schedule": "cosine"},
+)
+
+#: a preset that extends another one instead of restating it
+NOISE_FOCAL = Method(
+    name="noise-focal",
+    help="noise-at with focal weights (an example of based_on)",
+    based_on="noise-at",
+    parts={"weighter": ("focal", {"gamma": 1.0})},
+    settings={"epochs": 2},
+)
+
+
+@hookimpl
+def register_methods(register):
+    register(NOISE_AT)
+    register(NOISE_FOCAL)
