@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: training failed (exit {code})", file=sys.stderr)
             return code
         last = read_metrics(run_dir)[-1]
-        code = run_cli("eval", run_dir, "--n", args.n, "--steps", args.eval_steps, "--no-sanity")
+        steps = f"evaluator.pgd.steps={args.eval_steps}"
+        code = run_cli("eval", run_dir, "--n", args.n, "--set", steps, "--no-sanity")
         if code != 0:
             print(f"{name}: evaluation failed (exit {code})", file=sys.stderr)
             return code

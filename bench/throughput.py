@@ -3,7 +3,7 @@
 The reference loop is written the way the papers' code is: fp32, a torch DataLoader with
 torchvision transforms on CPU workers, batch 128, the attack as a Python loop around
 ``torch.autograd.grad``. The engine runs the same method through
-:class:`energyat_core.engine.Trainer`: data held on the device, batched GPU augmentation,
+:class:`energyat_core.trainer.Trainer`: data held on the device, batched GPU augmentation,
 bf16 autocast and channels_last on CUDA, optionally torch.compile. Both train the same
 backbone on the same images; only the way they are fed and computed differs.
 
@@ -23,16 +23,19 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
 from torchvision import transforms
 
-from energyat_core.engine import EpochStats, Trainer
+from energyat_core.components import Backbone
+from energyat_core.epoch_stats import EpochStats
 from energyat_core.models import Classifier
 from energyat_core.registry import get_registry
-from energyat_core.runconfig import compose
+from energyat_core.run_config import compose
+from energyat_core.trainer import Trainer
 
 METHODS = ("pgd-at", "trades", "fgsm-rs")
 EPS, ALPHA = 8 / 255, 2 / 255
@@ -141,7 +144,8 @@ def bench_method(method: str, args, registry, console: Console) -> dict:
 
     # (a) reference: a fresh model of the same backbone, fp32, DataLoader, batch 128
     torch.manual_seed(0)
-    net = registry.create("backbone", cfg.backbone, **cfg.component_options("backbone")).build(trainer.data.num_classes)
+    backbone = cast(Backbone, registry.create_part("backbone", cfg.parts["backbone"]))
+    net = backbone.build(trainer.data.num_classes)
     ref_model = Classifier(net, trainer.data.mean, trainer.data.std).to(device)
     ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     loader = torch.utils.data.DataLoader(
@@ -163,7 +167,7 @@ def bench_method(method: str, args, registry, console: Console) -> dict:
     ref_s = time_steps(ref_step, args.steps, args.warmup, device)
 
     # (b) the energyat engine, same method through its components
-    stats = EpochStats(torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
+    stats = EpochStats.zeros(device)
     engine_batches = (b for epoch in range(10**6) for b in trainer.loader.epoch(epoch))
 
     def engine_step():

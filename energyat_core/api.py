@@ -47,7 +47,7 @@ from energyat_core.components import (
 # -- data, files and commands (for plugins that add data sources or CLI commands) -----------
 from energyat_core.data import ImageData, cache_dir
 from energyat_core.data.cache import CACHE_DIR_ENV, cache_key, load_arrays, save_arrays
-from energyat_core.data.synthetic import seeded_generator
+from energyat_core.data.seeds import seeded_generator
 
 # -- distributed training (components with trainable parts of their own) --------------------
 from energyat_core.distributed import DistInfo, average_buffers, average_gradients
@@ -74,6 +74,7 @@ from energyat_core.perturbation import (
 from energyat_core.precision import resolve_device
 from energyat_core.progress import table, task_progress
 from energyat_core.run_config import parse_sets
+from energyat_core.run_dir import MODEL_FILE, STATE_FILE
 from energyat_core.schedules import lr_at
 
 
@@ -83,16 +84,18 @@ def load_run(*args, **kwargs):
 
     Imported on first use: the engine is not loaded with every plugin.
     """
-    from energyat_core.runs import load_run as load
+    from energyat_core.saved_run import load_run as load
 
     return load(*args, **kwargs)
 
 
 __all__ = [
     "CACHE_DIR_ENV",
+    "MODEL_FILE",
     "NORMS",
     "OBJECTIVES",
     "RANDOM_STARTS",
+    "STATE_FILE",
     "Attack",
     "Backbone",
     "Batch",

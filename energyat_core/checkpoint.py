@@ -142,6 +142,11 @@ def _strip(key: str) -> str:
     return key.replace("._orig_mod.", ".")
 
 
+def _module_of(key: str) -> str:
+    """``net.fc`` of ``net.fc.weight``."""
+    return key.rpartition(".")[0]
+
+
 def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, hint: str = "") -> None:
     """Load ``state`` into ``model`` (a ``Classifier``), checking architecture and classes.
 
@@ -164,9 +169,10 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
             f" (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})",
             fix,
         )
+    head = _module_of(next(reversed(own))) if own else ""  # the output layer: the last in a state dict
     for key, value in state.items():
         if own[key].shape != value.shape:
-            if value.ndim >= 1 and own[key].ndim >= 1 and value.shape[1:] == own[key].shape[1:]:
+            if _module_of(key) == head and value.ndim >= 1 and value.shape[1:] == own[key].shape[1:]:
                 raise CheckpointError(
                     f"checkpoint '{source}' has {value.shape[0]} classes at '{key}', the model {own[key].shape[0]}",
                     "use the dataset the checkpoint was trained on (--dataset)",

@@ -34,10 +34,12 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
+        """More than one process takes part."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the process that prints and writes the run directory."""
         return self.rank == 0
 
 
@@ -112,11 +114,7 @@ def gather_objects(obj, info: DistInfo) -> list:
     return out
 
 
-def barrier(info: DistInfo) -> None:
-    if info.enabled:
-        dist.barrier()
-
-
 def shutdown(info: DistInfo) -> None:
+    """Leave the process group at the end of a run (a no-op in a single process)."""
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

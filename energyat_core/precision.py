@@ -6,6 +6,8 @@ import contextlib
 
 import torch
 
+from energyat_core.errors import ConfigError
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -25,8 +27,6 @@ def autocast(device: torch.device, precision: str):
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error."""
-    from energyat_core.errors import ConfigError
-
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():

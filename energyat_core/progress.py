@@ -40,6 +40,7 @@ def task_progress(console: Console, disable: bool = False) -> Progress:
 
 
 def table(title: str, columns: Iterable[str], rows: Iterable[Iterable[object]]) -> Table:
+    """A titled table of ``rows`` under ``columns`` (cells shown with ``str``)."""
     t = Table(title=title, title_justify="left")
     for col in columns:
         t.add_column(col)

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from energyat_core.errors import CheckpointError, RunDirError
-from energyat_core.run_config import RunConfig
+
+if TYPE_CHECKING:
+    from energyat_core.run_config import RunConfig
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"

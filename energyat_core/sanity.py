@@ -7,7 +7,7 @@ an evaluation. The checks:
 
 * **randomised / non-deterministic**: two forward passes on the same batch differ
   (dropout left on at test time, noise injection, ...): a fixed-input attack then
-  overestimates robustness; use an EOT attack (``--autoattack rand``);
+  overestimates robustness; use an EOT attack (``--evaluator autoattack:rand``);
 * **probabilities, not logits**: every row is non-negative and sums to one, or every
   output lies in [0, 1] (a softmax or sigmoid at the end of the network): cross-entropy
   on probabilities saturates and gradient attacks weaken;
@@ -56,7 +56,7 @@ def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n: int 
         warnings.append(
             f"the model looks randomised: two forward passes on the same inputs differ (relative difference "
             f"{rel_diff:.2g}); a fixed-input attack overestimates robustness, check for dropout or noise at test "
-            "time or use an EOT attack (--autoattack rand)"
+            "time or use an EOT attack (`energyat describe evaluator` lists the installed evaluators)"
         )
     if looks_like_probabilities(first):
         warnings.append(
@@ -67,8 +67,8 @@ def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n: int 
     if zero > ZERO_GRAD_FRACTION:
         warnings.append(
             f"the input gradient of the loss is exactly zero for {zero:.0%} of the points (obfuscated or masked "
-            "gradients); gradient-based attacks cannot move them, so add gradient-free attacks (Square, "
-            "--autoattack standard) before trusting the robust accuracy"
+            "gradients); gradient-based attacks cannot move them, so add a gradient-free attack such as "
+            "Square (`energyat describe evaluator`) before trusting the robust accuracy"
         )
     return warnings
 

@@ -11,34 +11,29 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-#: a small, fast setting in which adversarial training visibly works on CPU
+from energyat_core.run_dir import read_metrics
+
+#: a small, fast setting in which adversarial training visibly works on CPU, as run settings...
+QUICK_FLAGS: dict[str, Any] = {
+    "backbone": "small_cnn",
+    "dataset": "synthetic",
+    "eval_n": 500,
+    "epochs": 4,
+    "batch_size": 128,
+    "lr": 0.05,
+    "schedule": "cosine",
+    "device": "cpu",
+    "seed": 0,
+}
+#: ...and part options (``compose_config(flags=QUICK_FLAGS, sets=[*QUICK_SETS])``)
+QUICK_SETS = ("dataset.n_train=2000", "dataset.n_test=500")
+#: the same setting as ``energyat train`` arguments
 QUICK_ARGS = (
-    "--backbone",
-    "small_cnn",
-    "--dataset",
-    "synthetic",
-    "--set",
-    "dataset.n_train=2000",
-    "--set",
-    "dataset.n_test=500",
-    "--eval-n",
-    "500",
-    "--epochs",
-    "4",
-    "--batch-size",
-    "128",
-    "--lr",
-    "0.05",
-    "--schedule",
-    "cosine",
-    "--device",
-    "cpu",
-    "--seed",
-    "0",
+    *(arg for key, value in QUICK_FLAGS.items() for arg in (f"--{key.replace('_', '-')}", str(value))),
+    *(arg for option in QUICK_SETS for arg in ("--set", option)),
 )
 
 
@@ -51,12 +46,6 @@ def run_cli(*args: Any) -> int:
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return 0
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The per-epoch records of a run's ``metrics.jsonl``."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def quick_train(run_dir: str | Path, *args: Any, quick: bool = True) -> list[dict[str, Any]]:
@@ -86,3 +75,29 @@ def compose_config(registry: Any = None, **kwargs: Any) -> Any:
 
     return compose(registry or fresh_registry(), **kwargs)
 
+
+def make_trainer(cfg: Any, run_dir: str | Path, registry: Any = None) -> Any:
+    """A quiet :class:`~energyat_core.trainer.Trainer` of ``cfg``, for tests that drive single steps.
+
+    Its step components are ``trainer.components`` by kind; replace one to observe the step::
+
+        trainer = make_trainer(compose_config(flags={"device": "cpu"}), tmp_path / "run")
+        trainer.components["attack"] = RecordingAttack()
+        stats = train_steps(trainer)
+    """
+    from energyat_core.trainer import Trainer
+
+    return Trainer(cfg, run_dir, registry or fresh_registry(), quiet=True)
+
+
+def train_steps(trainer: Any, epoch: int = 0) -> Any:
+    """Run ``trainer.train_step`` on every batch of one epoch (no evaluation, no checkpoint).
+
+    Returns the epoch's :class:`~energyat_core.epoch_stats.EpochStats` (``seen``: images trained on).
+    """
+    from energyat_core.epoch_stats import EpochStats
+
+    stats = EpochStats.zeros(trainer.device)
+    for x, y in trainer.loader.epoch(epoch):
+        trainer.train_step(x, y, stats)
+    return stats

@@ -102,9 +102,7 @@ def save_checkpoint(
     ckpt.save_state(run_dir / STATE_FILE, state, {"config": cfg.to_json(), "epoch": counters.epoch})
 
 
-def load_checkpoint(
-    run_dir: Path, trainable: Trainable, device: torch.device
-) -> tuple[Counters, list[dict[str, Any]]]:
+def load_checkpoint(run_dir: Path, trainable: Trainable, device: torch.device) -> tuple[Counters, list[dict[str, Any]]]:
     """Restore ``trainable`` from the run's resume point; its counters and the RNG states of its ranks."""
     state = ckpt.load_state(run_dir / STATE_FILE)
     model_state = {k: v.to(device) for k, v in state["model"].items()}

@@ -116,6 +116,16 @@ def _code_strings(tree: ast.AST) -> list[tuple[int, str]]:
     ]
 
 
+def _named(text: str, names: set[str]) -> list[str]:
+    """First-party names a string uses as a name: the whole string, a ``name:value`` spec, or a
+    distribution/package name anywhere (prose such as "the energy histogram" is not a use)."""
+    words = {w.strip("`'\".,;()[]") for w in text.replace("=", " ").split()}
+    hits = {text.strip()} & names
+    hits |= {w for w in words if ":" in w and w.split(":")[0] in names}
+    hits |= {w for w in words if w in names and w.startswith("energyat")}
+    return sorted(hits)
+
+
 def test_core_code_names_no_first_party_plugin():
     names = _first_party_names()
     assert "energyat-pgd" in names and "autoattack" in names  # the check sees the plugins
@@ -126,8 +136,7 @@ def test_core_code_names_no_first_party_plugin():
             if module.split(".")[0] in names:
                 bad.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
         for line, text in _code_strings(tree):
-            words = {w.strip("`'\".,;:()[]") for w in text.replace("=", " ").replace("/", " ").split()}
-            hit = sorted(w for w in words if w in names or w.split(":")[0] in names)
+            hit = _named(text, names)
             if hit:
                 bad.append(f"{path.relative_to(ROOT)}:{line} names {hit} in {text!r}")
     assert not bad, "\n".join(bad)
@@ -143,8 +152,7 @@ def test_core_tests_use_no_first_party_plugin():
             if module.split(".")[0] in names:
                 bad.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
         for line, text in _code_strings(ast.parse(path.read_text())):
-            words = {w.strip("`'\".,;:()[]") for w in text.replace("=", " ").split()}
-            presets = sorted(w for w in words if w in names and not w.startswith("energyat"))
+            presets = _named(text, names)
             if presets:
                 bad.append(f"{path.relative_to(ROOT)}:{line} uses {presets}")
     assert not bad, "\n".join(bad)
@@ -159,6 +167,7 @@ def test_one_new_option_is_one_line(monkeypatch, tmp_path, cli):
         scale: float = option(1.0, "multiplies the noise radius", gt=0, le=1)  # the one line
 
     monkeypatch.setattr(UniformNoise, "Config", Config)
+    monkeypatch.setenv("COLUMNS", "200")  # tables unwrapped
     base = ["--backbone", "small_cnn", "--set", "dataset.n_train=64", "--set", "dataset.n_test=32", "--eval-n", "32"]
     base += ["--eval-steps", "1", "--epochs", "1", "--batch-size", "32", "--device", "cpu", "--quiet"]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -93,3 +95,38 @@ def test_plain_backbone_state_dict_and_prefixes_load():
     src.eval()
     dst.eval()
     assert torch.allclose(src(x), dst(x))
+
+
+def test_a_run_reads_back_without_its_training_plugins(tmp_path):
+    from safetensors import safe_open
+
+    from energyat_core.saved_run import load_run, load_weights_file
+    from energyat_core.testing import compose_config, fresh_registry, make_trainer
+
+    registry = fresh_registry()
+    flags = {"method": "noise-at", "backbone": "small_cnn", "epochs": 1, "device": "cpu", "eval_n": 20, "eval_steps": 1}
+    cfg = compose_config(registry, flags=flags, sets=["dataset.n_train=64", "dataset.n_test=20", "backbone.width=8"])
+    make_trainer(cfg, tmp_path / "run", registry).fit()
+    with safe_open(str(tmp_path / "run" / "model.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert (meta["backbone"], meta["dataset"], meta["epoch"]) == ("small_cnn", "synthetic", "1")
+    assert json.loads(meta["config"]) == json.loads((tmp_path / "run" / "config.json").read_text()) == cfg.to_dict()
+
+    without = fresh_registry({"example"})  # no attack 'noise' here
+    run = load_run(tmp_path / "run", registry=without)
+    assert run.cfg.spec("attack") == "noise" and run.cfg.parts["backbone"].options["width"] == 8
+    assert not run.model.training and run.data.num_classes == 10
+    other = load_run(tmp_path / "run", which="best", registry=without, dataset="synthetic", data_dir="elsewhere")
+    assert other.cfg.parts["dataset"].options["n_train"] == 5000 and other.cfg.data_dir == "elsewhere"  # defaults
+
+    plain = load_weights_file(
+        tmp_path / "run" / "model.safetensors",
+        backbone="small_cnn",
+        dataset="synthetic",
+        registry=without,
+        backbone_options={"width": 8},
+    )
+    x = torch.rand(3, 3, 32, 32)
+    assert torch.equal(plain.model(x), run.model(x))
+    with pytest.raises(CheckpointError, match=r"has shape \(8, 3, 3, 3\) at 'net.body.0.weight', the model \(16,"):
+        load_weights_file(tmp_path / "run" / "model.safetensors", backbone="small_cnn", dataset="synthetic")

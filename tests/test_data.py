@@ -21,8 +21,10 @@ from energyat_core.data import (
     default_data_dir,
     random_crop_flip,
 )
+from energyat_core.data import image_files as image_files_module
 from energyat_core.data import imagefolder as imagefolder_module
-from energyat_core.errors import DataError
+from energyat_core.errors import ConfigError, DataError
+from energyat_core.options import build_config
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -72,10 +74,10 @@ def test_synthetic_texture_is_the_only_difference_when_toggled():
 
 
 def test_synthetic_rejects_bad_options():
-    with pytest.raises(ValueError):
-        Synthetic.Config(robust_agreement=1.5)
-    with pytest.raises(ValueError):
-        Synthetic.Config(texture_period=5)
+    with pytest.raises(ConfigError, match="robust_agreement"):
+        build_config(Synthetic.Config, {"robust_agreement": 1.5}, "dataset 'synthetic'")
+    with pytest.raises(ConfigError, match="texture_period"):
+        build_config(Synthetic.Config, {"texture_period": 5}, "dataset 'synthetic'")
 
 
 # ---------------------------------------------------------------- ImageData
@@ -207,6 +209,10 @@ def test_loader_channels_last_and_bad_input():
         DeviceLoader(x.float(), y, 4, "cpu")
     with pytest.raises(DataError, match="rank"):
         DeviceLoader(x, y, 4, "cpu", rank=2, world_size=2)
+    with pytest.raises(DataError, match=r"DeviceLoader got 8 images but labels of shape \(7,\)"):
+        DeviceLoader(x, y[:7], 4, "cpu")
+    with pytest.raises(DataError, match="batch size 0"):
+        DeviceLoader(x, y, 0, "cpu")
 
 
 def test_loader_augmentation_matches_crop_flip():
@@ -348,7 +354,7 @@ def test_imagefolder_second_load_comes_from_the_cache(tmp_path, monkeypatch):
 
 def test_imagefolder_decodes_in_worker_processes(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "pics", n_train=4, n_test=2)
-    monkeypatch.setattr(imagefolder_module, "PARALLEL_MIN_FILES", 1)
+    monkeypatch.setattr(image_files_module, "PARALLEL_MIN_FILES", 1)
     cfg = ImageFolder.Config(path=str(root), workers=2, cache=False)
     data = ImageFolder(cfg).load(None)
     assert sorted(data.train_y.tolist()) == [0] * 4 + [1] * 4

@@ -1,4 +1,8 @@
-"""torchrun with 2 CPU ranks (gloo) trains the same model as 1 process with the same global batch."""
+"""torchrun with 2 CPU ranks (gloo) trains the same model as 1 process with the same global batch.
+
+No training attack: core's only attack is ``none`` (core tests use no first-party plugin), and
+a random attack would draw different noise on each rank; so both runs see the same inputs.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,11 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from energyat_core.testing import read_metrics
+from energyat_core.testing import QUICK_ARGS, read_metrics
 
 ARGS = (
     "train",
-    "--backbone",
-    "small_cnn",
+    *QUICK_ARGS,  # small_cnn on synthetic images, cosine lr 0.05, CPU; then, overriding it:
     "--set",
     "backbone.batchnorm=false",  # per-sample independent model
     "--set",
@@ -26,23 +29,11 @@ ARGS = (
     "64",
     "--eval-steps",
     "2",
-    "--attack",
-    "pgd",
-    "--set",
-    "attack.steps=2",
-    "--set",
-    "attack.random_start=none",  # no per-rank noise
     "--no-augment",
     "--epochs",
     "2",
     "--batch-size",
     "64",
-    "--lr",
-    "0.05",
-    "--schedule",
-    "cosine",
-    "--device",
-    "cpu",
     "--quiet",
 )
 
@@ -74,5 +65,8 @@ def test_two_ranks_equal_one_rank(tmp_path):
         torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=1e-5)
     m1, m2 = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
     for a, b in zip(m1, m2, strict=True):
-        for key in ("train_loss", "clean_acc", "robust_acc", "energy_clean"):
+        for key in ("train_loss", "clean_acc", "energy_clean"):
             assert abs(a[key] - b[key]) < 1e-3, (key, a[key], b[key])
+        # the per-epoch PGD starts from random noise that each rank draws from its own stream, so a
+        # borderline image or two of the 64 may fall on the other side
+        assert abs(a["robust_acc"] - b["robust_acc"]) <= 2 / 64 + 1e-9, (a["robust_acc"], b["robust_acc"])

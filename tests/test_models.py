@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from energyat_core.options import build_config
 from energyat_core.errors import CheckpointError, ConfigError
 from energyat_core.models import (
     Classifier,
@@ -21,6 +20,7 @@ from energyat_core.models import (
     WideResNet34x10,
     build_classifier,
 )
+from energyat_core.options import build_config
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2471, 0.2435, 0.2616)
@@ -78,12 +78,21 @@ def test_wide_resnet_defaults_and_sizes():
 
 
 def test_wide_resnet_rejects_bad_depth():
+    with pytest.raises(ConfigError, match="6n\\+4"):
+        build_config(WideResNet28x10.Config, {"depth": 30}, "backbone 'wrn28_10'")
     with pytest.raises(ValueError, match="6n\\+4"):
-        WideResNet28x10.Config(depth=30)
+        WideResNet28x10(WideResNet28x10.Config(depth=30)).build(10)
     with pytest.raises(ConfigError, match="6n\\+4"):
         build_config(WideResNet34x10.Config, {"depth": "30"}, "backbone 'wrn34_10'")
     with pytest.raises(ConfigError):
         build_config(WideResNet34x10.Config, {"dropout": "1.5"}, "backbone 'wrn34_10'")
+
+
+@pytest.mark.parametrize("backbone", [PreActResNet18, ResNet18, SmallCNN])
+def test_backbone_widths_must_be_positive(backbone):
+    for option in ("width", "in_channels"):
+        with pytest.raises(ConfigError, match=f"option '{option}' must be >= 1"):
+            build_config(backbone.Config, {option: "0"}, "backbone")
 
 
 def test_small_cnn_any_input_size_and_batchnorm():
@@ -280,5 +289,9 @@ def test_timm_pretrained_adapts_input_channels(tmp_path):
 def test_timm_config_validation():
     with pytest.raises(ConfigError):
         build_config(TimmBackbone.Config, {"in_chans": "0"}, "backbone 'timm'")
+    with pytest.raises(ConfigError, match="must name a timm model"):
+        build_config(TimmBackbone.Config, {"model": "  "}, "backbone 'timm'")
+    with pytest.raises(ConfigError, match="drop_rate"):
+        build_config(TimmBackbone.Config, {"drop_rate": "1"}, "backbone 'timm'")
     cfg = build_config(TimmBackbone.Config, {"model": "resnet18", "pretrained_file": "none"}, "backbone 'timm'")
     assert cfg.pretrained_file is None

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from energyat_core.perturbation import fgsm, objective_values, pgd, project, random_start_delta
+from energyat_core.divergence import kl_per_sample
+from energyat_core.perturbation import default_step, objective_values, pgd, project, random_start_delta
 
 EPS = 8 / 255
 ALPHA = 2 / 255
@@ -243,7 +244,7 @@ def test_restarts_keep_misclassification_and_never_lose_objective():
     assert (linf(multi - x) <= 2 / 255 + 1e-6).all()
 
 
-def test_fgsm_on_a_linear_model_by_hand():
+def test_one_step_of_pgd_is_fgsm_on_a_linear_model_by_hand():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5))
     x, y = batch(8, num_classes=5, low=0.1, high=0.9)  # far from the box edges
@@ -251,10 +252,23 @@ def test_fgsm_on_a_linear_model_by_hand():
     p = (x.flatten(1) @ w.T + b).softmax(1)
     grad = (p - F.one_hot(y, 5).float()) @ w  # d CE / d x for logits W x + b
     expected = x + EPS * grad.sign().view_as(x)
-    x_adv = fgsm(model, x, y, eps=EPS)
+    x_adv = pgd(model, x, y, eps=EPS, alpha=EPS, steps=1, random_start="none")
     assert torch.allclose(x_adv, expected, atol=1e-6)
-    # fgsm is pgd with one step
-    assert torch.equal(x_adv, pgd(model, x, y, eps=EPS, alpha=EPS, steps=1, random_start="none"))
+
+
+def test_default_step_is_one_rule():
+    assert default_step(8 / 255, 10) == pytest.approx(2 / 255)  # Madry et al.'s CIFAR-10 setting
+    assert default_step(8 / 255, 20) == pytest.approx(2 / 255)
+    assert default_step(0.5, 10) == pytest.approx(0.125)  # L2: eps/4
+    assert default_step(8 / 255, 5) == pytest.approx(2.5 * (8 / 255) / 5)  # few steps: 2.5*eps/steps
+
+
+def test_kl_objective_is_the_shared_kl():
+    torch.manual_seed(0)
+    a, b = torch.randn(6, 4), torch.randn(6, 4)
+    assert torch.equal(objective_values(b, torch.zeros(6, dtype=torch.long), "kl", ref_logits=a), kl_per_sample(a, b))
+    p, q = a.softmax(1), b.softmax(1)
+    assert torch.allclose(kl_per_sample(a, b), (p * (p.log() - q.log())).sum(1), atol=1e-6)
 
 
 def test_l2_step_on_a_linear_model_by_hand():

@@ -209,6 +209,18 @@ def test_make_loader_picks_by_data(folder):
     assert len(batches(loader, 1)) == 9  # closing stops the workers; the next epoch starts new ones
 
 
+def test_streaming_loader_checks_its_input(folder):
+    files = load(folder, cache=False, stream=True).train_files
+    assert files is not None
+    y = torch.zeros(len(files), dtype=torch.int64)
+    with pytest.raises(DataError, match=r"StreamingLoader got 36 images but labels of shape \(35,\)"):
+        StreamingLoader(files, y[:35], 4, "cpu")
+    with pytest.raises(DataError, match="DataLoader workers"):
+        StreamingLoader(files, y, 4, "cpu", workers=-1)
+    with pytest.raises(DataError, match="rank"):
+        StreamingLoader(files, y, 4, "cpu", rank=1)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_bad_files_are_one_line_data_errors(tmp_path, workers):
     root = make_folder(tmp_path / "pics", n_train=4, n_test=1)

@@ -1,4 +1,8 @@
-"""End to end on CPU: adversarial training works, runs resume exactly, failures keep checkpoints."""
+"""End to end on CPU: adversarial training works, runs resume exactly, failures keep checkpoints.
+
+Core's tests use core's components and the example plugin only; the adversarial attack here
+is core's PGD (the one of the per-epoch evaluation) in a test-local component.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,53 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from energyat_core.builtins import CrossEntropy
-from energyat_core.engine import Trainer
+from energyat_core.api import Attack, default_step, pgd
+from energyat_core.core_plugin import CrossEntropy
 from energyat_core.errors import NonFiniteError
-from energyat_core.runconfig import compose
-from energyat_core.testing import QUICK_ARGS, quick_train, read_metrics, run_cli
+from energyat_core.run_config import compose
+from energyat_core.testing import (
+    QUICK_ARGS,
+    QUICK_FLAGS,
+    QUICK_SETS,
+    compose_config,
+    make_trainer,
+    quick_train,
+    read_metrics,
+    run_cli,
+    train_steps,
+)
+from energyat_core.trainer import Trainer
 
 FAST = ("--epochs", "2", "--set", "dataset.n_train=600", "--eval-n", "200")
-PGD3 = ("--method", "pgd-at", "--set", "attack.steps=3")
+NOISE = ("--method", "noise-at")  # the example plugin's random attack: a resume must restore the RNGs
 
 
-def test_pgd_at_beats_standard_training_under_attack(tmp_path):
-    std = quick_train(tmp_path / "std", "--attack", "none", "--loss", "ce")
-    adv = quick_train(tmp_path / "adv", "--method", "pgd-at", "--set", "attack.steps=5")
+class CorePGD(Attack):
+    """PGD-K in the 8/255 L-inf ball with core's :func:`pgd`; records the model's mode at each call."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps = steps
+        self.modes: list[bool] = []
+
+    def perturb(self, model, x, y):
+        self.modes.append(model.training)
+        eps = 8 / 255
+        return pgd(model, x, y, eps=eps, alpha=default_step(eps, self.steps), steps=self.steps)
+
+
+def _fit(run_dir, registry, attack=None, **flags):
+    """Train the quick setting (``attack`` replacing the config's) through the Trainer; the metrics."""
+    cfg = compose_config(registry, flags={**QUICK_FLAGS, **flags}, sets=list(QUICK_SETS))
+    trainer = make_trainer(cfg, run_dir, registry)
+    if attack is not None:
+        trainer.components["attack"] = attack
+    return trainer.fit()
+
+
+def test_adversarial_training_beats_standard_training_under_attack(tmp_path, registry):
+    std = _fit(tmp_path / "std", registry)  # the default parts: attack none, loss ce, weighter uniform
+    adv = _fit(tmp_path / "adv", registry, CorePGD(steps=5))
     assert std[-1]["clean_acc"] > 0.8  # the task is learnable
     assert std[-1]["robust_acc"] < 0.3  # ...but standard training is not robust
     assert adv[-1]["robust_acc"] > std[-1]["robust_acc"] + 0.2
@@ -44,8 +82,8 @@ def test_pgd_at_beats_standard_training_under_attack(tmp_path):
 
 
 def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
-    whole = quick_train(tmp_path / "whole", *PGD3, *FAST)
-    part = quick_train(tmp_path / "part", *PGD3, *FAST, "--stop-after", "1")
+    whole = quick_train(tmp_path / "whole", *NOISE, *FAST)
+    part = quick_train(tmp_path / "part", *NOISE, *FAST, "--stop-after", "1")
     assert len(part) == 1
     assert run_cli("train", "--resume", tmp_path / "part", "--quiet") == 0
     resumed = read_metrics(tmp_path / "part")
@@ -98,6 +136,25 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, registry
     assert len(read_metrics(tmp_path / "run")) == 1
 
 
-def test_bn_mode_during_attack_is_an_option(tmp_path, registry):
-    cfg = compose(registry, method="pgd-at", flags={"attack_bn": "train"})
-    assert cfg.attack_bn == "train"
+@pytest.mark.parametrize("attack_bn", ["eval", "train"])
+def test_attack_runs_in_the_chosen_bn_mode_and_the_loss_in_train_mode(tmp_path, registry, monkeypatch, attack_bn):
+    cfg = compose_config(
+        registry,
+        flags={**QUICK_FLAGS, "attack_bn": attack_bn, "batch_size": 100},
+        sets=["dataset.n_train=200", "dataset.n_test=10"],
+    )
+    assert cfg.attack_bn == attack_bn
+    modes_in_loss: list[bool] = []
+    original = CrossEntropy.__call__
+
+    def recording(self, batch):
+        modes_in_loss.append(batch.model.training)
+        return original(self, batch)
+
+    monkeypatch.setattr(CrossEntropy, "__call__", recording)
+    trainer = make_trainer(cfg, tmp_path / "run", registry)
+    attack = trainer.components["attack"] = CorePGD(steps=1)
+    stats = train_steps(trainer)
+    assert stats.seen == 200
+    assert attack.modes == [attack_bn == "train"] * 2
+    assert modes_in_loss == [True, True] and trainer.model.training

@@ -17,7 +17,7 @@ from energyat_core.precision import autocast, resolve_device
 from energyat_core.progress import table, task_progress
 from energyat_core.registry import get_registry
 from energyat_core.run_config import parse_sets
-from energyat_core.runs import load_run, load_weights_file
+from energyat_core.saved_run import load_run, load_weights_file
 from energyat_core.sanity import print_warnings, sanity_checks
 
 

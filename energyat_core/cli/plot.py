@@ -36,7 +36,7 @@ def plot(
 ) -> None:
     """Draw accuracy and E(x) / E(x_adv) per epoch from metrics.jsonl, and a histogram of per-sample energies."""
     from energyat_core import plotting
-    from energyat_core.engine import METRICS_FILE
+    from energyat_core.run_dir import METRICS_FILE
 
     plotting.require_matplotlib()  # fail early, with the install hint, before any work
     console = Console()
@@ -77,7 +77,7 @@ def draw_histogram(
 ) -> Path:
     """Per-sample E(x) of clean and PGD test images for the run's checkpoint."""
     from energyat_core import plotting
-    from energyat_core.runs import load_run
+    from energyat_core.saved_run import load_run
 
     dev = resolve_device(device)
     run = load_run(run_dir, which=which, device=dev)

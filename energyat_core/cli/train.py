@@ -19,7 +19,8 @@ import typer
 from rich.console import Console
 
 from energyat_core import distributed
-from energyat_core.engine import CONFIG_FILE, Trainer, prepare_run_dir
+from energyat_core.run_dir import CONFIG_FILE, STATE_FILE, prepare_run_dir
+from energyat_core.trainer import Trainer
 from energyat_core.errors import ConfigError, RunDirError
 from energyat_core.kinds import RUN_KINDS
 from energyat_core.options import resolved_types, rule_text, type_name
@@ -205,7 +206,7 @@ def _resume(registry: Any, console: Console, run_dir: Path, *, stop_after: int |
         )
     cfg = RunConfig.from_dict(json.loads(config_path.read_text()), registry)
     trainer = Trainer(cfg, run_dir, registry, console, quiet=quiet)
-    if (run_dir / "state.safetensors").exists():
+    if (run_dir / STATE_FILE).exists():
         trainer.resume()
     if trainer.epoch >= cfg.epochs:
         console.print(f"run '{run_dir}' is already complete ({trainer.epoch}/{cfg.epochs} epochs)")

@@ -2,10 +2,11 @@
 
 Decoding tens of thousands of image files takes a while, so a dataset can store the
 decoded arrays once in an ``.npz`` file named by a hash of everything they depend on
-(:func:`cache_key`) and read them back on the next run in a fraction of a second.
-Files are written atomically (a temporary file, then ``os.replace``), so an interrupted
-run or two runs at once never leave a half-written cache behind. A cache that cannot be
-written or read is only a warning: the data is decoded again.
+(:func:`cache_key`) and read them back on the next run in a fraction of a second
+(:func:`cached_arrays`: read, or make and write). Files are written atomically (a
+temporary file, then ``os.replace``), so an interrupted run or two runs at once never
+leave a half-written cache behind. A cache that cannot be written or read is only a
+warning: the data is decoded again.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +79,13 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> bool:
         if tmp_name is not None and os.path.exists(tmp_name):
             os.unlink(tmp_name)
         return False
+
+
+def cached_arrays(prefix: str, key: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The arrays cached for ``prefix`` and ``key``; without a usable cache file, ``make()``'s (then saved)."""
+    path = cache_path(prefix, key)
+    arrays = load_arrays(path)
+    if arrays is None:
+        arrays = make()
+        save_arrays(path, arrays)
+    return arrays

@@ -23,7 +23,7 @@ import torch
 from energyat_core.errors import DataError
 
 if TYPE_CHECKING:
-    from energyat_core.data.imagefolder import ImageFiles
+    from energyat_core.data.image_files import ImageFiles
 
 
 @dataclass

@@ -22,7 +22,6 @@ Everything is deterministic given ``seed``; the test set does not depend on ``n_
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from dataclasses import dataclass
 
@@ -30,22 +29,17 @@ import torch
 import torch.nn.functional as F
 
 from energyat_core.components import Dataset
-from energyat_core.options import option
 from energyat_core.data.image_data import ImageData
+from energyat_core.data.seeds import seeded_generator
+from energyat_core.options import option
 
 SIZE = 32
 CHANNELS = 3
 NUM_CLASSES = 10
 CLASS_NAMES = [f"class{k}" for k in range(NUM_CLASSES)]
+#: texture tile sides that repeat a whole number of times over an image
+TEXTURE_PERIODS = tuple(p for p in range(2, SIZE + 1) if SIZE % p == 0)
 CHUNK = 1000  # images generated at a time (the noise is drawn chunk by chunk: do not change)
-
-
-def seeded_generator(*parts: object) -> torch.Generator:
-    """A CPU generator whose seed is a hash of ``parts`` (distinct streams never overlap)."""
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    gen = torch.Generator()
-    gen.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-    return gen
 
 
 def texture_tiles(period: int, gen: torch.Generator) -> torch.Tensor:
@@ -80,33 +74,19 @@ class Synthetic(Dataset):
 
     @dataclass
     class Config:
-        n_train: int = option(5000, "number of training images")
-        n_test: int = option(1000, "number of test images")
+        n_train: int = option(5000, "number of training images", ge=1)
+        n_test: int = option(1000, "number of test images", ge=1)
         seed: int = option(0, "seed of the class features and of the images")
-        tint: float = option(0.15, "strength of each class's colour tint, the robust feature (0-1 scale)")
+        tint: float = option(0.15, "strength of each class's colour tint, the robust feature (0-1 scale)", ge=0, le=0.5)
         robust_agreement: float = option(
-            0.75, "fraction of images whose tint is their own class's (the others show another class's tint)"
+            0.75, "fraction of images whose tint is their own class's (the others show another class's)", ge=0, le=1
         )
-        clutter: float = option(0.1, "std of random low-frequency colour clutter added to each image")
-        noise_std: float = option(0.05, "std of per-pixel Gaussian noise")
+        clutter: float = option(0.1, "std of random low-frequency colour clutter added to each image", ge=0)
+        noise_std: float = option(0.05, "std of per-pixel Gaussian noise", ge=0)
         texture_amplitude: int = option(
-            6, "amplitude in grey levels (x/255) of the non-robust high-frequency class texture; 0 disables it"
+            6, "grey levels (x/255) of the non-robust high-frequency class texture; 0 disables it", ge=0, le=64
         )
-        texture_period: int = option(2, "side in pixels of the repeated texture tile")
-
-        def __post_init__(self):
-            if self.n_train < 1 or self.n_test < 1:
-                raise ValueError("n_train and n_test must be at least 1")
-            if not 0.0 <= self.robust_agreement <= 1.0:
-                raise ValueError(f"robust_agreement must be in [0, 1], got {self.robust_agreement}")
-            if not 0.0 <= self.tint <= 0.5:
-                raise ValueError(f"tint must be in [0, 0.5], got {self.tint}")
-            if self.clutter < 0 or self.noise_std < 0:
-                raise ValueError("clutter and noise_std must be >= 0")
-            if not 0 <= self.texture_amplitude <= 64:
-                raise ValueError(f"texture_amplitude must be in [0, 64] grey levels, got {self.texture_amplitude}")
-            if self.texture_period < 2 or SIZE % self.texture_period:
-                raise ValueError(f"texture_period must be >= 2 and divide {SIZE}, got {self.texture_period}")
+        texture_period: int = option(2, "side in pixels of the repeated texture tile", choices=TEXTURE_PERIODS)
 
     def load(self, data_dir: str | None) -> ImageData:
         cfg = self.config

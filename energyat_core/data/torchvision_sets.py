@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 from energyat_core.components import Dataset
-from energyat_core.options import option
 from energyat_core.data.cache import default_data_dir
 from energyat_core.data.image_data import ImageData
-from energyat_core.data.imagefolder import ImageFolder, is_imagefolder
+from energyat_core.data.image_files import is_imagefolder
+from energyat_core.data.imagefolder import ImageFolder
 from energyat_core.errors import DataError
+from energyat_core.options import option
 
 
 def short_reason(err: BaseException) -> str:
@@ -37,6 +38,7 @@ class TorchvisionDataset(Dataset):
 
     title: ClassVar[str] = ""  # as a person writes it, e.g. "CIFAR-10"
     dataset_name: ClassVar[str] = ""  # registered name, e.g. "cifar10"
+    torchvision_class: ClassVar[str] = ""  # the class of torchvision.datasets that reads it, e.g. "CIFAR10"
     folder: ClassVar[str] = ""  # what torchvision keeps under the root
     num_classes: ClassVar[int] = 10
     mean: ClassVar[tuple[float, ...]] = ()
@@ -99,10 +101,14 @@ class TorchvisionDataset(Dataset):
             )
         return data
 
-    # what differs between the torchvision classes
+    # what differs between the torchvision classes beyond the class attributes above
 
     def open_split(self, root: Path, train: bool) -> Any:
-        raise NotImplementedError
+        """The torchvision dataset of one split (downloading it if that is allowed)."""
+        import torchvision
+
+        read = getattr(torchvision.datasets, self.torchvision_class)
+        return read(str(root), train=train, download=self.config.download)
 
     def arrays(self, ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 (N, C, H, W) images and int64 labels of a torchvision CIFAR dataset."""
@@ -117,44 +123,25 @@ class TorchvisionDataset(Dataset):
 class CIFAR10(TorchvisionDataset):
     """CIFAR-10: 50,000 + 10,000 colour images of 32x32 in 10 classes (torchvision download)."""
 
-    title = "CIFAR-10"
-    dataset_name = "cifar10"
-    folder = "cifar-10-batches-py"
-    num_classes = 10
-    mean = (0.4914, 0.4822, 0.4465)
-    std = (0.2470, 0.2435, 0.2616)
-
-    def open_split(self, root: Path, train: bool) -> Any:
-        import torchvision
-
-        return torchvision.datasets.CIFAR10(str(root), train=train, download=self.config.download)
+    title, dataset_name, num_classes = "CIFAR-10", "cifar10", 10
+    torchvision_class, folder = "CIFAR10", "cifar-10-batches-py"
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
 class CIFAR100(TorchvisionDataset):
     """CIFAR-100: 50,000 + 10,000 colour images of 32x32 in 100 classes (torchvision download)."""
 
-    title = "CIFAR-100"
-    dataset_name = "cifar100"
-    folder = "cifar-100-python"
-    num_classes = 100
-    mean = (0.5071, 0.4865, 0.4409)
-    std = (0.2673, 0.2564, 0.2762)
-
-    def open_split(self, root: Path, train: bool) -> Any:
-        import torchvision
-
-        return torchvision.datasets.CIFAR100(str(root), train=train, download=self.config.download)
+    title, dataset_name, num_classes = "CIFAR-100", "cifar100", 100
+    torchvision_class, folder = "CIFAR100", "cifar-100-python"
+    mean, std = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 
 
 class SVHN(TorchvisionDataset):
     """SVHN: 73,257 + 26,032 colour images of house-number digits, 32x32 (torchvision download; needs scipy)."""
 
-    title = "SVHN"
-    dataset_name = "svhn"
-    folder = "train_32x32.mat"
-    num_classes = 10
-    mean = (0.4377, 0.4438, 0.4728)
-    std = (0.1980, 0.2010, 0.1970)
+    title, dataset_name, num_classes = "SVHN", "svhn", 10
+    torchvision_class, folder = "SVHN", "train_32x32.mat"
+    mean, std = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
 
     def load(self, data_dir: str | None) -> ImageData:
         root = Path(os.path.expanduser(data_dir)) if data_dir else default_data_dir()

@@ -1,6 +1,6 @@
 """The built-in backbones and the :class:`Classifier` wrapper every model is trained as.
 
-Registered names (see ``energyat_core.builtin_plugin``): ``preact_resnet18``,
+Registered names (see ``energyat_core.core_plugin``): ``preact_resnet18``,
 ``resnet18``, ``wrn28_10``, ``wrn34_10``, ``small_cnn`` and ``timm`` (``timm:<name>``).
 """
 

@@ -2,69 +2,57 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from energyat_core.components import Backbone
-from energyat_core.options import option
-from energyat_core.models._init import check_positive, init_cifar_weights
+from energyat_core.models.layers import conv1x1, conv3x3, global_pool, init_cifar_weights, residual_stages
+from energyat_core.models.resnet import ResNet18Config
 
 
 class PreActBlock(nn.Module):
-    """Two 3x3 convolutions, each preceded by BatchNorm and ReLU, plus the identity."""
+    """BN-ReLU-conv3x3, BN-ReLU-(dropout)-conv3x3, plus the identity.
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    When the shape changes the shortcut is a 1x1 convolution of the pre-activated input.
+    ``dropout`` > 0 (the wide residual networks' option) drops activations between the
+    two convolutions.
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, dropout: float = 0.0) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = conv3x3(planes, planes)
         self.shortcut: nn.Module | None = None
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+            self.shortcut = conv1x1(in_planes, planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(x))
         identity = self.shortcut(out) if self.shortcut is not None else x
         out = self.conv1(out)
-        out = self.conv2(torch.relu(self.bn2(out)))
+        out = self.conv2(self.dropout(torch.relu(self.bn2(out))))
         return out + identity
 
 
 class PreActResNet(nn.Module):
     """CIFAR pre-activation ResNet: 3x3 stem, four stages, final BN+ReLU, average pool, linear."""
 
-    def __init__(
-        self,
-        num_blocks: tuple[int, ...] = (2, 2, 2, 2),
-        num_classes: int = 10,
-        width: int = 64,
-        in_channels: int = 3,
-    ) -> None:
+    def __init__(self, num_blocks: tuple[int, ...], num_classes: int, width: int = 64, in_channels: int = 3) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
-        layers = []
-        in_planes = width
-        for i, n in enumerate(num_blocks):
-            planes = width * 2**i
-            blocks = []
-            for j in range(n):
-                blocks.append(PreActBlock(in_planes, planes, stride=2 if (i > 0 and j == 0) else 1))
-                in_planes = planes
-            layers.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3, self.layer4 = layers
-        self.bn = nn.BatchNorm2d(in_planes)
-        self.linear = nn.Linear(in_planes, num_classes)
+        self.conv1 = conv3x3(in_channels, width)
+        planes = [width * 2**i for i in range(len(num_blocks))]
+        self.layer1, self.layer2, self.layer3, self.layer4 = residual_stages(PreActBlock, width, planes, num_blocks)
+        self.bn = nn.BatchNorm2d(planes[-1])
+        self.linear = nn.Linear(planes[-1], num_classes)
         init_cifar_weights(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled penultimate features, shape (N, 8 * width)."""
-        out = self.conv1(x)
-        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        out = torch.relu(self.bn(out))
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1)
+        out = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
+        return global_pool(torch.relu(self.bn(out)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(self.features(x))
@@ -78,14 +66,7 @@ class PreActResNet18(Backbone):
     and a linear classifier: the network most adversarial-training papers report on.
     """
 
-    @dataclass
-    class Config:
-        width: int = option(64, "channels of the first stage (doubled at each of the 3 later stages)")
-        in_channels: int = option(3, "input image channels")
-
-        def __post_init__(self) -> None:
-            check_positive("width", self.width)
-            check_positive("in_channels", self.in_channels)
+    Config = ResNet18Config
 
     def build(self, num_classes: int) -> nn.Module:
         return PreActResNet((2, 2, 2, 2), num_classes, self.config.width, self.config.in_channels)

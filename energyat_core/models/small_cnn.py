@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from energyat_core.components import Backbone
+from energyat_core.models.layers import global_pool, init_cifar_weights
 from energyat_core.options import option
-from energyat_core.models._init import check_positive, init_cifar_weights
 
 
 class SmallConvNet(nn.Module):
@@ -26,13 +26,12 @@ class SmallConvNet(nn.Module):
             layers.append(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=not batchnorm))
             layers += [nn.BatchNorm2d(c_out), nn.ReLU()] if batchnorm else [nn.ReLU()]
         self.body = nn.Sequential(*layers)
-        w = width
-        self.linear = nn.Linear(4 * w, num_classes)
+        self.linear = nn.Linear(4 * width, num_classes)
         init_cifar_weights(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled penultimate features, shape (N, 4 * width)."""
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.body(x), 1), 1)
+        return global_pool(self.body(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(self.features(x))
@@ -46,13 +45,9 @@ class SmallCNN(Backbone):
 
     @dataclass
     class Config:
-        width: int = option(16, "channels of the first layer (2x and 4x in the next two)")
-        in_channels: int = option(3, "input image channels")
+        width: int = option(16, "channels of the first layer (2x and 4x in the next two)", ge=1)
+        in_channels: int = option(3, "input image channels", ge=1)
         batchnorm: bool = option(True, "BatchNorm after each conv (off: samples independent, for exact DDP checks)")
-
-        def __post_init__(self) -> None:
-            check_positive("width", self.width)
-            check_positive("in_channels", self.in_channels)
 
     def build(self, num_classes: int) -> nn.Module:
         return SmallConvNet(num_classes, self.config.width, self.config.in_channels, self.config.batchnorm)

@@ -16,9 +16,8 @@ import torch
 from torch import nn
 
 from energyat_core.components import Backbone
-from energyat_core.options import option
 from energyat_core.errors import CheckpointError, ConfigError
-from energyat_core.models._init import check_positive
+from energyat_core.options import option
 
 #: model-name prefixes that make timm fetch a config or weights from the network
 _REMOTE_PREFIXES = ("hf-hub:", "hf_hub:")
@@ -40,44 +39,41 @@ class TimmBackbone(Backbone):
         pretrained_file: str | None = option(
             None, "local weights file (.safetensors, .pth or .bin) to start from; never downloaded"
         )
-        in_chans: int = option(3, "input image channels")
-        drop_rate: float = option(0.0, "dropout before the classifier head (timm's drop_rate)")
+        in_chans: int = option(3, "input image channels", ge=1)
+        drop_rate: float = option(0.0, "dropout before the classifier head (timm's drop_rate)", ge=0, lt=1)
 
-        def __post_init__(self) -> None:
-            self.model = self.model.strip()
-            if not self.model:
+        def check(self) -> None:
+            if not self.model.strip():
                 raise ValueError("model must name a timm model, e.g. resnet18")
-            check_positive("in_chans", self.in_chans)
-            if not 0.0 <= self.drop_rate < 1.0:
-                raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
 
     def build(self, num_classes: int) -> nn.Module:
         c = self.config
+        name = c.model.strip()
         import timm  # slow import, deliberately lazy
 
-        if c.model.lower().startswith(_REMOTE_PREFIXES):
+        if name.lower().startswith(_REMOTE_PREFIXES):
             raise ConfigError(
-                f"timm model '{c.model}' would be fetched from the Hugging Face Hub",
+                f"timm model '{name}' would be fetched from the Hugging Face Hub",
                 "energyat does not download models; use a built-in timm architecture name and "
                 "--set backbone.pretrained_file=<local weights file>",
             )
-        if not timm.is_model(c.model):
+        if not timm.is_model(name):
             raise ConfigError(
-                f"unknown timm model '{c.model}'",
+                f"unknown timm model '{name}'",
                 "see timm.list_models() for names, e.g. timm:resnet18",
             )
         kwargs: dict[str, Any] = {"pretrained": False, "num_classes": num_classes, "in_chans": c.in_chans}
         if c.drop_rate > 0:
             kwargs["drop_rate"] = c.drop_rate
         try:
-            model = timm.create_model(c.model, **kwargs)
+            model = timm.create_model(name, **kwargs)
         except TypeError as err:
             raise ConfigError(
-                f"timm model '{c.model}' does not accept these options ({err})",
+                f"timm model '{name}' does not accept these options ({err})",
                 "leave drop_rate at 0 or pick another model",
             ) from None
         if c.pretrained_file:
-            load_pretrained(model, c.pretrained_file, c.model, c.in_chans)
+            load_pretrained(model, c.pretrained_file, name, c.in_chans)
         return model
 
 

@@ -7,7 +7,7 @@ from energyat_core import hookimpl
 
 @hookimpl
 def register_evaluators(register):
-    """Register the ``autoattack`` evaluator (``energyat eval --autoattack standard``)."""
+    """Register the ``autoattack`` evaluator (``energyat eval --evaluator autoattack:standard``)."""
     from energyat_autoattack.evaluator import AutoAttackEvaluator
 
     register("autoattack", AutoAttackEvaluator)

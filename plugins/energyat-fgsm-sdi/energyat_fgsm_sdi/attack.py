@@ -20,10 +20,12 @@ the update replays the engine's training step without touching the model. ``g`` 
 default), exactly as the attack that will use ``G``'s output; the loss that ``G`` ascends is
 computed with the model in *train* mode, because that is the mode in which the engine computes
 the loss the model descends, so ``G`` and the model play the same game on the same quantity.
-The model's buffers (BatchNorm running statistics) are saved before the update and restored
-after it, and gradients reach ``G``'s parameters only (``torch.autograd.grad``), so the update
-leaves no trace on the model. With ``--attack-bn train`` every pass runs in train mode, which
-is what the released code does (its model never leaves train mode).
+The model's BatchNorm running statistics are frozen during the update (core's
+``frozen_running_stats``: batch statistics are used, the running ones stay bit for bit), its
+mode is restored after it (``model_mode``), and gradients reach ``G``'s parameters only
+(``torch.autograd.grad``), so the update leaves no trace on the model. With ``--attack-bn
+train`` every pass runs in train mode, which is what the released code does (its model never
+leaves train mode).
 
 ``G``'s BatchNorm runs in train mode (batch statistics, running statistics updated) during
 its update and in eval mode when it proposes ``delta0`` for training, as in the released code.
@@ -43,10 +45,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from energyat_core import distributed
-from energyat_core.components import Attack, RunContext
-from energyat_core.config import option
-from energyat_core.perturbation import objective_values
+from energyat_core.api import (
+    Attack,
+    DistInfo,
+    RunContext,
+    average_buffers,
+    average_gradients,
+    frozen_running_stats,
+    model_mode,
+    objective_values,
+    option,
+)
 from energyat_fgsm_sdi.generator import Generator
 
 
@@ -54,31 +63,20 @@ from energyat_fgsm_sdi.generator import Generator
 class FGSMSDIConfig:
     """Options of the ``fgsm-sdi`` attack."""
 
-    eps: float = option(8 / 255, "L-inf radius; the generator outputs tanh(.) * eps")
-    alpha: float | None = option(None, "FGSM step size taken from x + delta0; none: equal to eps (8/255)")
-    update_every: int = option(20, "update the generator once every this many batches (the run's first batch included)")
-    lr: float = option(1e-3, "learning rate of the generator's Adam optimiser (constant)")
-    weight_decay: float = option(5e-4, "weight decay of the generator's Adam optimiser")
-    label_smoothing: float = option(
-        0.5, "label smoothing of the CE on f(x_adv) that the generator maximises; keep it equal to loss.label_smoothing"
+    eps: float = option(8 / 255, "L-inf radius; the generator outputs tanh(.) * eps", gt=0)
+    alpha: float | None = option(None, "FGSM step size taken from x + delta0; none: equal to eps (8/255)", gt=0)
+    update_every: int = option(
+        20, "update the generator once every this many batches (the run's first batch included)", ge=1
     )
-    channels: int = option(64, "hidden channels of the generator (64 in the paper)")
-
-    def __post_init__(self) -> None:
-        if not self.eps > 0:
-            raise ValueError(f"eps must be positive, got {self.eps}")
-        if self.alpha is not None and not self.alpha > 0:
-            raise ValueError(f"alpha (the step size) must be positive, got {self.alpha}")
-        if self.update_every < 1:
-            raise ValueError(f"update_every must be at least 1, got {self.update_every}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be non-negative, got {self.weight_decay}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.channels < 1:
-            raise ValueError(f"channels must be at least 1, got {self.channels}")
+    lr: float = option(1e-3, "learning rate of the generator's Adam optimiser (constant)", gt=0)
+    weight_decay: float = option(5e-4, "weight decay of the generator's Adam optimiser", ge=0)
+    label_smoothing: float = option(
+        0.5,
+        "label smoothing of the CE on f(x_adv) that the generator maximises; keep it equal to loss.label_smoothing",
+        ge=0,
+        lt=1,
+    )
+    channels: int = option(64, "hidden channels of the generator (64 in the paper)", ge=1)
 
     def resolved_alpha(self) -> float:
         """``alpha``, or ``eps`` when it is not set."""
@@ -112,15 +110,15 @@ class FGSMSDI(Attack):
         self.step = 0
         #: the generator's objective (label-smoothed CE) at its last update, detached
         self.last_update_loss: torch.Tensor | None = None
-        self.dist = distributed.DistInfo()
+        #: the run's ranks (one process outside torchrun): G's gradients and statistics are averaged over them
+        self.dist = DistInfo()
 
     # -- construction -------------------------------------------------------------------
     def setup(self, ctx: RunContext) -> None:
         """Build the generator and its optimiser on the run's device (seeded by the run's seed)."""
         channels = ctx.data.image_shape[0] if ctx.data is not None else 3
-        self.build(ctx.device, image_channels=channels, seed=int(ctx.extras.get("seed", 0)))
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            self.dist = distributed.from_environment()
+        self.build(ctx.device, image_channels=channels, seed=ctx.seed)
+        self.dist = ctx.dist if ctx.dist is not None else DistInfo()
 
     def build(self, device: torch.device | str, image_channels: int = 3, seed: int = 0) -> None:
         """(Re)create the generator, its Adam optimiser and the batch counter.
@@ -140,6 +138,7 @@ class FGSMSDI(Attack):
 
     # -- the attack ---------------------------------------------------------------------
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``x_adv`` from ``G``'s ``delta0`` and one FGSM step, updating ``G`` first when it is due."""
         if self.generator is None:  # used outside a run: build on the fly
             self.build(x.device, image_channels=x.shape[1])
         assert self.generator is not None
@@ -176,30 +175,21 @@ class FGSMSDI(Attack):
     def update_generator(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, g_in: torch.Tensor) -> None:
         """One Adam step of the generator on ``-objective``; the model is left exactly as it was."""
         assert self.generator is not None and self.optimizer is not None
-        attack_mode = model.training
-        saved = [b.detach().clone() for b in model.buffers()]
         params = [p for p in self.generator.parameters() if p.requires_grad]
-        self.generator.train()
-        try:
+        with frozen_running_stats(model), model_mode(self.generator, True):
             with torch.enable_grad():
                 delta0 = self.generator(g_in).to(x.dtype)
                 x_adv = self.finish(model, x, y, delta0)  # attack part in the attack's mode
-                model.train()  # the loss as the model's own update computes it
-                objective = self.generator_objective(model(x_adv), y)
+                with model_mode(model, True):  # the loss as the model's own update computes it
+                    objective = self.generator_objective(model(x_adv), y)
                 grads = torch.autograd.grad(-objective, params)
             for p, grad in zip(params, grads, strict=True):
                 p.grad = grad
-            distributed.average_gradients(params, self.dist)  # one generator on every rank
+            average_gradients(params, self.dist)  # one generator on every rank
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            distributed.average_buffers(self.generator, self.dist)
-            self.last_update_loss = objective.detach()
-        finally:
-            model.train(attack_mode)
-            with torch.no_grad():
-                for buf, old in zip(model.buffers(), saved, strict=True):
-                    buf.copy_(old)
-            self.generator.eval()
+            average_buffers(self.generator, self.dist)
+        self.last_update_loss = objective.detach()
 
     # -- checkpointing ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ class ResidualBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """``h + conv(relu(bn(conv(relu(bn(h))))))``."""
         r = self.conv1(torch.relu(self.bn1(h)))
         r = self.conv2(torch.relu(self.bn2(r)))
         return h + r

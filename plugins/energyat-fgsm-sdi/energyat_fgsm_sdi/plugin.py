@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from energyat_core import hookimpl
-from energyat_core.methods import Method
+from energyat_core.api import Method
 from energyat_fgsm_sdi.attack import FGSMSDI
 
 
@@ -13,6 +13,7 @@ def register_attacks(register):
     register("fgsm-sdi", FGSMSDI)
 
 
+#: FGSM-SDI (Jia et al. 2022) on top of the ``pgd-at`` preset of energyat-pgd
 FGSM_SDI = Method(
     name="fgsm-sdi",
     help=(
@@ -22,30 +23,24 @@ FGSM_SDI = Method(
         "(Adam lr 1e-3, wd 5e-4, one update every 20 batches). SGD lr 0.1, momentum 0.9, wd 5e-4, batch 128, "
         "110 epochs, lr x0.1 at 100/110 and 105/110 of training (--attack-bn train: BatchNorm as in the released code)"
     ),
-    attack=(
-        "fgsm-sdi",
-        {
-            "eps": 8 / 255,
-            "alpha": 8 / 255,
-            "update_every": 20,
-            "lr": 1e-3,
-            "weight_decay": 5e-4,
-            "label_smoothing": 0.5,
-        },
-    ),
-    loss=("ce", {"label_smoothing": 0.5}),
-    weighter=("uniform", {}),
-    training={
-        "epochs": 110,
-        "optimizer": "sgd",
-        "lr": 0.1,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "batch_size": 128,
-        "schedule": "multistep",
-        "milestones": (100 / 110, 105 / 110),
-        "gamma": 0.1,
+    # PGD-AT's optimiser (SGD lr 0.1, momentum 0.9, wd 5e-4, batch 128, multistep x0.1), with the
+    # generator-initialised FGSM attack, a label-smoothed CE and FGSM-SDI's 110-epoch schedule
+    based_on="pgd-at",
+    parts={
+        "attack": (
+            "fgsm-sdi",
+            {
+                "eps": 8 / 255,
+                "alpha": 8 / 255,
+                "update_every": 20,
+                "lr": 1e-3,
+                "weight_decay": 5e-4,
+                "label_smoothing": 0.5,
+            },
+        ),
+        "loss": ("ce", {"label_smoothing": 0.5}),
     },
+    settings={"epochs": 110, "milestones": (100 / 110, 105 / 110)},
     reference=(
         "Jia, Zhang, Wu, Wang, Cao: Boosting Fast Adversarial Training with Learnable Adversarial Initialization, "
         "IEEE TIP 2022 (arXiv 2110.05007); code github.com/jiaxiaojunQAQ/FGSM-SDI. CIFAR-10, ResNet-18, eps 8/255"

@@ -9,23 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from energyat_core.checkpoint import load_state, save_state
-from energyat_core.components import Attack, RunContext
-from energyat_core.config import build_config
-from energyat_core.errors import ConfigError
-from energyat_core.registry import Registry
-from energyat_core.runconfig import compose
-from energyat_core.schedules import lr_at
-from energyat_fgsm_sdi.attack import FGSMSDI, FGSMSDIConfig, input_grad_sign
-from energyat_fgsm_sdi.generator import Generator
-from energyat_fgsm_sdi.plugin import FGSM_SDI
+from energyat_core.api import Attack, ConfigError, RunContext, build_config, load_state, lr_at, save_state
+from energyat_core.testing import compose_config, fresh_registry
+from energyat_fgsm_sdi import FGSMSDI, FGSMSDIConfig, Generator
+from energyat_fgsm_sdi.attack import input_grad_sign
 
 EPS = 8 / 255
 
 
 def make_attack(**options) -> FGSMSDI:
     attack = FGSMSDI(FGSMSDIConfig(**options))
-    attack.setup(RunContext(device=torch.device("cpu"), num_classes=10, extras={"seed": 0}))
+    attack.setup(RunContext(device=torch.device("cpu"), num_classes=10, seed=0))
     return attack
 
 
@@ -303,7 +297,7 @@ def test_state_dict_round_trip_through_safetensors(tmp_path):
     state = load_state(tmp_path / "state.safetensors")["components"]["attack"]
 
     b = make_attack(channels=4, update_every=2)
-    b.setup(RunContext(device=torch.device("cpu"), num_classes=10, extras={"seed": 123}))  # other initial weights
+    b.setup(RunContext(device=torch.device("cpu"), num_classes=10, seed=123))  # other initial weights
     assert not torch.equal(a.generator.stem[0].weight, b.generator.stem[0].weight)
     b.load_state_dict(state)
     assert b.step == a.step == 5
@@ -357,13 +351,14 @@ def test_defaults_follow_the_spec():
 @pytest.mark.parametrize(
     ("options", "match"),
     [
-        ({"eps": "0"}, "eps must be positive"),
-        ({"alpha": "-1"}, "alpha"),
-        ({"update_every": "0"}, "update_every"),
-        ({"lr": "0"}, "lr must be positive"),
-        ({"weight_decay": "-1e-4"}, "weight_decay"),
-        ({"label_smoothing": "1"}, "label_smoothing"),
-        ({"channels": "0"}, "channels"),
+        ({"eps": "0"}, "'eps' must be > 0"),
+        ({"alpha": "-1"}, "'alpha' must be > 0"),
+        ({"update_every": "0"}, "'update_every' must be >= 1"),
+        ({"lr": "0"}, "'lr' must be > 0"),
+        ({"weight_decay": "-1e-4"}, "'weight_decay' must be >= 0"),
+        ({"label_smoothing": "1"}, "'label_smoothing' must be >= 0, < 1"),
+        ({"label_smoothing": "-0.1"}, "'label_smoothing' must be >= 0, < 1"),
+        ({"channels": "0"}, "'channels' must be >= 1"),
         ({"steps": "3"}, "no option 'steps'"),
     ],
 )
@@ -379,7 +374,7 @@ def test_options_parse_from_strings():
 
 @pytest.fixture(scope="module")
 def registry():
-    return Registry(set())
+    return fresh_registry()
 
 
 def test_registry_creates_the_attack(registry):
@@ -390,15 +385,33 @@ def test_registry_creates_the_attack(registry):
     assert isinstance(attack, FGSMSDI) and attack.config.update_every == 7
 
 
+def test_resolved_preset_is_pgd_at_with_the_sdi_attack_and_schedule(registry):
+    method, pgd_at = registry.method("fgsm-sdi"), registry.method("pgd-at")
+    assert {kind: name for kind, (name, _) in method.parts.items()} == {
+        "attack": "fgsm-sdi",
+        "loss": "ce",
+        "weighter": "uniform",
+    }
+    sdi_options = method.parts["attack"][1]
+    assert sdi_options["eps"] == sdi_options["alpha"] == 8 / 255
+    assert (sdi_options["update_every"], sdi_options["lr"], sdi_options["weight_decay"]) == (20, 1e-3, 5e-4)
+    assert sdi_options["label_smoothing"] == method.parts["loss"][1]["label_smoothing"] == 0.5
+    # PGD-AT's optimiser, FGSM-SDI's epochs and decays
+    assert method.settings == {**pgd_at.settings, "epochs": 110, "milestones": (100 / 110, 105 / 110)}
+    assert (method.settings["optimizer"], method.settings["lr"], method.settings["momentum"]) == ("sgd", 0.1, 0.9)
+    assert (method.settings["weight_decay"], method.settings["batch_size"]) == (5e-4, 128)
+    assert (method.settings["schedule"], method.settings["gamma"]) == ("multistep", 0.1)
+    assert method.help and method.reference
+
+
 def test_preset_settings(registry):
-    assert registry.method("fgsm-sdi") is FGSM_SDI
-    cfg = compose(registry, method="fgsm-sdi")
-    assert cfg.attack == "fgsm-sdi" and cfg.loss == "ce" and cfg.weighter == "uniform"
-    assert cfg.options["loss"] == {"label_smoothing": 0.5}
-    attack_opts = cfg.options["attack"]
-    assert attack_opts["label_smoothing"] == cfg.options["loss"]["label_smoothing"]
-    assert attack_opts["eps"] == attack_opts["alpha"] == pytest.approx(8 / 255)
-    assert (attack_opts["update_every"], attack_opts["lr"], attack_opts["weight_decay"]) == (20, 1e-3, 5e-4)
+    cfg = compose_config(registry, method="fgsm-sdi")
+    assert (cfg.spec("attack"), cfg.spec("loss"), cfg.spec("weighter")) == ("fgsm-sdi", "ce", "uniform")
+    assert cfg.parts["loss"].options["label_smoothing"] == 0.5
+    attack = cfg.parts["attack"].config
+    assert attack.label_smoothing == cfg.parts["loss"].config.label_smoothing
+    assert attack.eps == attack.alpha == pytest.approx(8 / 255)
+    assert (attack.update_every, attack.lr, attack.weight_decay) == (20, 1e-3, 5e-4)
     assert (cfg.epochs, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size) == (
         110,
         "sgd",
@@ -410,16 +423,16 @@ def test_preset_settings(registry):
     assert cfg.schedule == "multistep" and cfg.gamma == 0.1
     assert cfg.milestones == pytest.approx((100 / 110, 105 / 110))
     # overriding the preset keeps the rest
-    short = compose(registry, method="fgsm-sdi", flags={"epochs": 30})
+    short = compose_config(registry, method="fgsm-sdi", flags={"epochs": 30})
     assert short.epochs == 30 and short.milestones == cfg.milestones
 
 
-def test_preset_schedule_decays_at_100_and_105_of_110_epochs():
+def test_preset_schedule_decays_at_100_and_105_of_110_epochs(registry):
     steps_per_epoch = 391
     total = 110 * steps_per_epoch
+    milestones = registry.method("fgsm-sdi").settings["milestones"]
 
     def lr(epoch: float) -> float:
-        milestones = FGSM_SDI.training["milestones"]
         return lr_at(int(epoch * steps_per_epoch), total, schedule="multistep", lr=0.1, milestones=milestones)
 
     assert lr(99.99) == pytest.approx(0.1)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from energyat_core.checkpoint import load_state
+from energyat_core.api import load_state
 from energyat_core.testing import quick_train, read_metrics, run_cli
 
 #: a smaller generator and more frequent updates, so that G learns within a few CPU epochs

@@ -211,6 +211,7 @@ class JEAT(Loss):
             return model(torch.cat([x_adv, x_sgld]))
 
     def __call__(self, batch: Batch) -> torch.Tensor:
+        """Per-sample JEAT loss of the batch: draw model samples, one energy pass, guard, then the formula."""
         n = len(batch.y)
         x_sgld = self.draw(batch.model, n)
         logits = self.energy_logits(batch.model, batch.x_adv, x_sgld)

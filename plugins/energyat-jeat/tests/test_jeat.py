@@ -13,24 +13,20 @@ import torch
 from torch import nn
 
 from energyat_core.api import (
+    STATE_FILE,
     Batch,
     CheckpointError,
     ConfigError,
     ImageData,
     Loss,
+    NonFiniteError,
     RunContext,
     build_config,
+    load_state,
     marginal_energy,
-    NonFiniteError,
+    save_state,
 )
-from energyat_core.testing import (
-    component_state,
-    compose_config,
-    fresh_registry,
-    quick_train,
-    run_cli,
-    state_round_trip,
-)
+from energyat_core.testing import compose_config, fresh_registry, quick_train, run_cli
 from energyat_jeat.loss import JEAT, JEATConfig, jeat_per_sample
 
 SHAPE = (3, 4, 4)
@@ -213,11 +209,12 @@ def test_diverged_energies_stop_the_run_with_a_clear_message(scale):
 # --- checkpoint state ------------------------------------------------------------------------
 
 
-def test_state_dict_round_trip_and_shape_check():
+def test_state_dict_round_trip_and_shape_check(tmp_path):
     loss = make_loss(buffer_size=12, sgld_steps=0)
     state = loss.state_dict()
     assert set(state) == {"buffer", "labels"} and state["buffer"].shape == (12, *SHAPE)
-    restored = state_round_trip(state)
+    save_state(tmp_path / STATE_FILE, {"components": {"loss": state}})
+    restored = load_state(tmp_path / STATE_FILE)["components"]["loss"]
     other = make_loss(buffer_size=12, sgld_steps=0)
     other.buffer.fill_(0.5)
     other.buffer_y.fill_(0)
@@ -244,7 +241,9 @@ def test_preset_is_pgd_at_with_the_jeat_loss():
     cfg = compose_config(reg, method="jeat")
     assert (cfg.spec("attack"), cfg.spec("loss"), cfg.spec("weighter")) == ("pgd", "jeat", "uniform")
     attack = cfg.parts["attack"].options
-    assert attack["steps"] == 10 and attack["eps"] == pytest.approx(8 / 255) and attack["alpha"] == pytest.approx(2 / 255)
+    assert (
+        attack["steps"] == 10 and attack["eps"] == pytest.approx(8 / 255) and attack["alpha"] == pytest.approx(2 / 255)
+    )
     assert attack["objective"] == "ce" and attack["random_start"] == "uniform"
     assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.schedule) == (0.1, 100, 128, "multistep")
     assert isinstance(reg.create_part("loss", cfg.parts["loss"]), JEAT)
@@ -267,10 +266,10 @@ def test_buffer_survives_resume(tmp_path):
     full, split = tmp_path / "full", tmp_path / "split"
     quick_train(full, *RESUME_ARGS)
     quick_train(split, *RESUME_ARGS, "--stop-after", "1")
-    after_one = component_state(split, "loss")
+    after_one = load_state(split / STATE_FILE)["components"]["loss"]
     assert after_one["buffer"].shape == (64, *(3, 32, 32))
     assert run_cli("train", "--resume", split, "--quiet") == 0
-    a, b = component_state(full, "loss"), component_state(split, "loss")
+    a, b = (load_state(run / STATE_FILE)["components"]["loss"] for run in (full, split))
     assert not torch.equal(after_one["buffer"], b["buffer"])  # the second epoch moved the chains
     assert torch.equal(a["buffer"], b["buffer"]) and torch.equal(a["labels"], b["labels"])
 

@@ -206,31 +206,35 @@ def test_registry_creates_the_attacks(registry):
     assert not plugin.errors
 
 
-#: the settings both presets train with (PGD-AT's; fgsm-rs is based on it)
-PGD_AT_SETTINGS = {
-    "epochs": 100,
-    "optimizer": "sgd",
-    "lr": 0.1,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "batch_size": 128,
-    "schedule": "multistep",
-    "milestones": (0.5, 0.75),
-    "gamma": 0.1,
-}
-
-
 def test_resolved_presets_have_the_expected_parts_and_settings(registry):
     pgd_at = registry.method("pgd-at")
-    assert pgd_at.parts == {
-        "attack": ("pgd", {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "objective": "ce", "random_start": "uniform"}),
-        "loss": ("ce", {}),
-        "weighter": ("uniform", {}),
+    assert {kind: name for kind, (name, _) in pgd_at.parts.items()} == {
+        "attack": "pgd",
+        "loss": "ce",
+        "weighter": "uniform",
     }
-    assert pgd_at.settings == PGD_AT_SETTINGS
+    assert pgd_at.parts["attack"][1] == {
+        "eps": 8 / 255,
+        "alpha": 2 / 255,
+        "steps": 10,
+        "objective": "ce",
+        "random_start": "uniform",
+    }
+    assert pgd_at.parts["loss"][1] == pgd_at.parts["weighter"][1] == {}
+    s = pgd_at.settings
+    assert (s["epochs"], s["optimizer"], s["lr"], s["momentum"], s["weight_decay"], s["batch_size"]) == (
+        100,
+        "sgd",
+        0.1,
+        0.9,
+        5e-4,
+        128,
+    )
+    assert (s["schedule"], s["milestones"], s["gamma"]) == ("multistep", (0.5, 0.75), 0.1)
+    # fgsm-rs: PGD-AT with the single-step attack and Wong et al.'s short cyclic schedule
     fgsm_rs = registry.method("fgsm-rs")
-    assert fgsm_rs.parts == {"attack": ("fgsm-rs", {}), "loss": ("ce", {}), "weighter": ("uniform", {})}
-    assert fgsm_rs.settings == {**PGD_AT_SETTINGS, "epochs": 15, "lr": 0.2, "schedule": "cyclic", "warmup": 0.4}
+    assert fgsm_rs.parts == {**pgd_at.parts, "attack": ("fgsm-rs", {})}
+    assert fgsm_rs.settings == {**pgd_at.settings, "epochs": 15, "lr": 0.2, "schedule": "cyclic", "warmup": 0.4}
     for method in (pgd_at, fgsm_rs):
         assert method.help and method.reference
 

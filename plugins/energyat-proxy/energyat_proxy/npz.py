@@ -23,9 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from energyat_core.data import cache_dir
-from energyat_core.data.cache import CACHE_DIR_ENV, cache_key
-from energyat_core.errors import DataError
+from energyat_core.api import CACHE_DIR_ENV, DataError, cache_dir, cache_key
 
 IMAGE_KEYS = ("images", "x")
 LABEL_KEYS = ("labels", "y")
@@ -83,7 +81,7 @@ def _data_start(path: Path, info: zipfile.ZipInfo) -> int:
 def read_members(path: Path) -> dict[str, Member]:
     """Every array of the ``.npz`` at ``path`` by name, from headers only; one-line errors otherwise."""
     if not path.exists():
-        raise DataError(f"proxy file '{path}' does not exist", "check the path given to --proxy / --source proxy:PATH")
+        raise DataError(f"proxy file '{path}' does not exist", "check the path given to --source proxy:PATH")
     if not path.is_file():
         raise DataError(f"proxy file '{path}' is not a file", f"pass the .npz itself; {SAVE_HINT}")
     try:

@@ -24,12 +24,17 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from energyat_core import distributed
-from energyat_core.components import DataSource, RunContext
-from energyat_core.config import option
-from energyat_core.data.cache import load_arrays, save_arrays
-from energyat_core.data.synthetic import seeded_generator
-from energyat_core.errors import DataError
+from energyat_core.api import (
+    MODEL_FILE,
+    DataError,
+    DataSource,
+    RunContext,
+    load_arrays,
+    load_run,
+    option,
+    save_arrays,
+    seeded_generator,
+)
 from energyat_proxy.npz import ProxySet, load_proxy
 
 PSEUDO_LABELS_FILE = "proxy_pseudo_labels.npz"
@@ -51,6 +56,11 @@ def to_float_nchw(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).float().div_(255).contiguous()
 
 
+def absolute(path: str) -> str:
+    """``path`` as an absolute path (``~`` expanded), independent of the working directory."""
+    return str(Path(path).expanduser().resolve())
+
+
 def file_identity(path: Path) -> str:
     """Resolved path, size and modification time: changes whenever the file does."""
     st = path.stat()
@@ -69,29 +79,42 @@ class ProxySource(DataSource):
 
     @dataclass
     class Config:
+        """Options of the ``proxy`` source; ``path`` first, so that ``--source proxy:PATH`` sets it."""
+
         path: str = option(
             "",
             "the .npz of proxy images: uint8 'images' [N, H, W, C] and integer 'labels' [N] ('x'/'y' also "
-            "accepted), e.g. the samples.npz of `energyat generate`; --proxy PATH sets it",
+            "accepted), e.g. the samples.npz of `energyat generate`; --source proxy:PATH sets it. Stored as an "
+            "absolute path, so that --resume works from any directory",
         )
         ratio: float = option(
-            1.0, "synthetic images per real image in each batch: round(ratio * n_real) extra (1: 128 + 128)"
+            1.0, "synthetic images per real image in each batch: round(ratio * n_real) extra (1: 128 + 128)", gt=0
         )
         labels: Literal["stored", "pseudo"] = option(
             "stored", "stored: the file's labels (the generator's classes); pseudo: the argmax of pseudo_labeler"
         )
         pseudo_labeler: str | None = option(
-            None, "run directory of a trained classifier that labels the images (labels=pseudo); cached in the run dir"
+            None,
+            "run directory of a trained classifier that labels the images (labels=pseudo); cached in the run dir. "
+            "Stored as an absolute path",
         )
         memory_budget_mb: int = option(
-            2048, "images larger than this (MiB) are memory-mapped from the file instead of read into memory"
+            2048, "images larger than this (MiB) are memory-mapped from the file instead of read into memory", ge=0
         )
 
-        def __post_init__(self):
-            if not (math.isfinite(self.ratio) and self.ratio > 0):
-                raise ValueError(f"ratio must be a positive number of synthetic images per real one, got {self.ratio}")
-            if self.memory_budget_mb < 0:
-                raise ValueError(f"memory_budget_mb must be >= 0, got {self.memory_budget_mb}")
+        def __post_init__(self) -> None:
+            # paths relative to where the run was started would break `--resume` from elsewhere
+            if self.path:
+                self.path = absolute(self.path)
+            if self.pseudo_labeler:
+                self.pseudo_labeler = absolute(self.pseudo_labeler)
+
+        def check(self) -> None:
+            """Cross-option rules: a file is given, a finite ratio, and a pseudo-labeller exactly with labels=pseudo."""
+            if not self.path:
+                raise ValueError("no file of synthetic images given; use --source proxy:PATH (an .npz)")
+            if not math.isfinite(self.ratio):
+                raise ValueError(f"ratio must be a finite number of synthetic images per real one, got {self.ratio}")
             if self.labels == "pseudo" and not self.pseudo_labeler:
                 raise ValueError(
                     "labels=pseudo needs pseudo_labeler=RUN_DIR, the run directory of a trained classifier"
@@ -105,15 +128,12 @@ class ProxySource(DataSource):
     def setup(self, ctx: RunContext) -> None:
         """Open and validate the proxy file against the real data; pseudo-label it if asked."""
         cfg = self.config
-        if not cfg.path:
-            raise DataError("the proxy source needs a file of synthetic images", "pass --proxy PATH (an .npz)")
         if ctx.data is None:
             raise DataError("the proxy source needs the run's real data to check the file against", "use it in a run")
         self.device = ctx.device
-        self.seed = int(ctx.extras.get("seed", 0))
+        self.seed = ctx.seed
         # under torchrun every rank walks the same sequence and takes every world_size-th image of each step's share
-        dist = distributed.from_environment()
-        self.rank, self.world_size = dist.rank, dist.world_size
+        self.rank, self.world_size = (ctx.dist.rank, ctx.dist.world_size) if ctx.dist is not None else (0, 1)
         self.proxy = load_proxy(
             cfg.path,
             image_shape=ctx.data.image_shape,
@@ -179,9 +199,6 @@ class ProxySource(DataSource):
     # -- pseudo-labels ------------------------------------------------------------------
     def _pseudo_labels(self, ctx: RunContext) -> np.ndarray:
         """The labeller's argmax on every proxy image, computed once and cached in the run directory."""
-        from energyat_core.checkpoint import MODEL_FILE
-        from energyat_core.runs import load_run
-
         labeler_dir = Path(self.config.pseudo_labeler).expanduser()
         cache = Path(ctx.run_dir) / PSEUDO_LABELS_FILE if ctx.run_dir is not None else None
         key = None

@@ -3,30 +3,35 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import zipfile
 
 import numpy as np
 import pytest
 import torch
 
-from energyat_core.checkpoint import load_state, save_state
-from energyat_core.components import Attack, RunContext
-from energyat_core.config import first_field
-from energyat_core.data import ImageData
-from energyat_core.engine import EpochStats, Trainer
-from energyat_core.errors import ConfigError, DataError
-from energyat_core.runconfig import compose
+from energyat_core.api import (
+    STATE_FILE,
+    Attack,
+    ConfigError,
+    DataError,
+    DistInfo,
+    ImageData,
+    RunContext,
+    load_run,
+    load_state,
+    save_state,
+)
+from energyat_core.testing import compose_config, fresh_registry, make_trainer, quick_train, train_steps
 from energyat_proxy.npz import load_proxy
 from energyat_proxy.source import ProxySource, extra_count
 
 C, H, W, K = 3, 8, 8, 4  # the small real dataset of the unit tests: 3x8x8 images, 4 classes
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def registry():
-    from energyat_core.registry import Registry
-
-    return Registry(set())
+    return fresh_registry()
 
 
 def coded_images(n: int, h: int = H, w: int = W, c: int = C) -> np.ndarray:
@@ -51,9 +56,9 @@ def real_data(h: int = H, w: int = W, c: int = C, k: int = K) -> ImageData:
     return ImageData(x, y, x, y, k, [f"c{i}" for i in range(k)], (0.5,) * c, (0.25,) * c, "tiny")
 
 
-def context(tmp_path, seed: int = 0, data: ImageData | None = None) -> RunContext:
+def context(tmp_path, seed: int = 0, data: ImageData | None = None, dist: DistInfo | None = None) -> RunContext:
     data = data or real_data()
-    return RunContext(torch.device("cpu"), data.num_classes, data, tmp_path, extras={"seed": seed})
+    return RunContext(torch.device("cpu"), data.num_classes, data, tmp_path, seed=seed, dist=dist)
 
 
 def save(path, compressed: bool = False, **arrays) -> str:
@@ -65,9 +70,9 @@ def proxy_file(tmp_path, n: int = 100, name: str = "proxy.npz", compressed: bool
     return save(tmp_path / name, compressed, images=coded_images(n), labels=np.arange(n) % K)
 
 
-def source(path: str, tmp_path, seed: int = 0, **options) -> ProxySource:
+def source(path: str, tmp_path, seed: int = 0, dist: DistInfo | None = None, **options) -> ProxySource:
     src = ProxySource(ProxySource.Config(path=path, **options))
-    src.setup(context(tmp_path, seed))
+    src.setup(context(tmp_path, seed, dist=dist))
     return src
 
 
@@ -84,12 +89,20 @@ def test_extra_count_is_ratio_times_real_rounded_half_up():
     assert extra_count(0.1, 30) == 3  # 3.0000000000000004 -> 3
 
 
-def test_config_defaults_and_first_field(registry):
+def test_config_defaults_and_first_field(registry, tmp_path, monkeypatch):
     cfg = ProxySource.Config()
-    assert (cfg.ratio, cfg.labels, cfg.pseudo_labeler, cfg.memory_budget_mb) == (1.0, "stored", None, 2048)
-    assert first_field(ProxySource.Config) == "path"
+    assert (cfg.path, cfg.ratio, cfg.labels, cfg.pseudo_labeler, cfg.memory_budget_mb) == (
+        "",
+        1.0,
+        "stored",
+        None,
+        2048,
+    )
+    assert dataclasses.fields(ProxySource.Config)[0].name == "path"  # what --source proxy:PATH sets
+    monkeypatch.chdir(tmp_path)
     src = registry.create("source", "proxy:some/samples.npz", ratio="1/2")
-    assert isinstance(src, ProxySource) and src.config.path == "some/samples.npz" and src.config.ratio == 0.5
+    assert isinstance(src, ProxySource) and src.config.ratio == 0.5
+    assert src.config.path == str(tmp_path.resolve() / "some" / "samples.npz")  # absolute: --resume from anywhere
     for f in dataclasses.fields(ProxySource.Config):
         assert f.metadata.get("help"), f.name
 
@@ -97,9 +110,10 @@ def test_config_defaults_and_first_field(registry):
 @pytest.mark.parametrize(
     ("options", "match"),
     [
-        ({"ratio": "0"}, "ratio must be a positive"),
-        ({"ratio": "-1"}, "ratio must be a positive"),
-        ({"memory_budget_mb": "-1"}, "memory_budget_mb must be >= 0"),
+        ({"ratio": "0"}, "'ratio' must be > 0"),
+        ({"ratio": "-1"}, "'ratio' must be > 0"),
+        ({"ratio": "inf"}, "ratio must be a finite number"),
+        ({"memory_budget_mb": "-1"}, "'memory_budget_mb' must be >= 0"),
         ({"labels": "pseudo"}, "labels=pseudo needs pseudo_labeler"),
         ({"pseudo_labeler": "runs/x"}, "only with labels=pseudo"),
         ({"labels": "generator"}, "expects one of 'stored', 'pseudo'"),
@@ -108,11 +122,27 @@ def test_config_defaults_and_first_field(registry):
 def test_bad_options_are_config_errors(registry, options, match):
     with pytest.raises(ConfigError, match=match):
         registry.create("source", "proxy:p.npz", **options)
+    with pytest.raises(ConfigError, match="no file of synthetic images given; use --source proxy:PATH"):
+        registry.create("source", "proxy")
 
 
-def test_train_flags_set_the_source(registry, tmp_path):
-    cfg = compose(registry, flags={"source": "proxy:a.npz"}, sets=["source.ratio=0.5"])
-    assert cfg.source == "proxy:a.npz" and cfg.component_options("source") == {"ratio": "0.5"}
+def test_train_flags_set_the_source_and_the_run_config_keeps_absolute_paths(registry, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    cfg = compose_config(
+        registry,
+        flags={"source": "proxy:a.npz"},
+        sets=["source.ratio=0.5", "source.labels=pseudo", "source.pseudo_labeler=runs/std"],
+    )
+    doc = cfg.to_dict()["source"]
+    here = tmp_path.resolve()
+    assert doc == {"name": "proxy", "path": str(here / "a.npz"), "ratio": 0.5, "labels": "pseudo",
+                   "pseudo_labeler": str(here / "runs" / "std"), "memory_budget_mb": 2048}  # fmt: skip
+    # config.json read back from another directory (as --resume does) still names the same files
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    monkeypatch.chdir(tmp_path / "runs")
+    again = compose_config(registry, config_file=str(tmp_path / "config.json"))
+    assert again.to_dict()["source"] == doc
 
 
 # --- batches -----------------------------------------------------------------------------------
@@ -153,15 +183,11 @@ def test_sampling_is_without_replacement_across_epochs(tmp_path):
     assert (src2.pass_index, src2.cursor) == (1, 20)
 
 
-def test_ranks_share_out_the_sequence_of_a_single_process(tmp_path, monkeypatch):
+def test_ranks_share_out_the_sequence_of_a_single_process(tmp_path):
     path = proxy_file(tmp_path, n=1000)
     one = source(path, tmp_path)
     expected = [np.sort(index_of(one.next_batch(32)[0])) for _ in range(5)]  # 2 ranks x 16 per step
-    ranks = []
-    for rank in (0, 1):
-        monkeypatch.setenv("WORLD_SIZE", "2")
-        monkeypatch.setenv("RANK", str(rank))
-        ranks.append(source(path, tmp_path))
+    ranks = [source(path, tmp_path, dist=DistInfo(rank=rank, world_size=2)) for rank in (0, 1)]
     for step in range(5):
         a, b = (index_of(r.next_batch(16)[0]) for r in ranks)
         assert len(a) == len(b) == 16 and not set(a) & set(b)
@@ -184,9 +210,9 @@ def test_resume_continues_with_the_same_images(tmp_path):
     first = source(path, tmp_path)
     for _ in range(7):
         first.next_batch(32)
-    save_state(tmp_path / "state.safetensors", {"components": {"source": first.state_dict()}})
+    save_state(tmp_path / STATE_FILE, {"components": {"source": first.state_dict()}})
     resumed = source(path, tmp_path)
-    resumed.load_state_dict(load_state(tmp_path / "state.safetensors")["components"]["source"])
+    resumed.load_state_dict(load_state(tmp_path / STATE_FILE)["components"]["source"])
     for x_exp, y_exp in expected[7:]:
         x, y = resumed.next_batch(32)
         assert torch.equal(x, x_exp) and torch.equal(y, y_exp)
@@ -281,7 +307,7 @@ def bad_file(tmp_path, case: str) -> str:
 
 
 BAD_CASES = {
-    "missing": "does not exist — check the path given to --proxy",
+    "missing": "does not exist — check the path given to --source proxy:PATH",
     "directory": "is not a file",
     "not-zip": "is not a readable .npz .* np.savez",
     "npy": "single .npy array, not an .npz",
@@ -347,17 +373,15 @@ def test_engine_trains_on_real_plus_proxy_images(tmp_path, registry, ratio, n_ex
     proxy = coded_images(200, h=32, w=32)
     labels = np.arange(200) % 10
     path = save(tmp_path / "proxy.npz", images=proxy, labels=labels)
-    cfg = compose(
+    cfg = compose_config(
         registry,
         flags={"backbone": "small_cnn", "device": "cpu", "batch_size": real, "eval_n": 16, "source": f"proxy:{path}"},
         sets=["dataset.n_train=96", "dataset.n_test=16", f"source.ratio={ratio}"],
     )
-    trainer = Trainer(cfg, tmp_path / "run", registry, quiet=True)
+    trainer = make_trainer(cfg, tmp_path / "run", registry)
     attack = RecordingAttack()
-    trainer.attack = attack
-    stats = EpochStats(torch.zeros(()), torch.zeros((), dtype=torch.long))
-    for x, y in trainer.loader.epoch(0):
-        trainer.train_step(x, y, stats)
+    trainer.components["attack"] = attack
+    stats = train_steps(trainer)
     assert len(attack.seen) == len(trainer.loader) == 3  # an epoch is one pass over the real data
     assert stats.seen == 3 * (real + n_extra)
     proxy_x = torch.from_numpy(proxy).permute(0, 3, 1, 2).float() / 255
@@ -376,9 +400,6 @@ def test_engine_trains_on_real_plus_proxy_images(tmp_path, registry, ratio, n_ex
 
 
 def test_pseudo_labels_are_the_labellers_argmax_computed_once(tmp_path, monkeypatch):
-    from energyat_core.runs import load_run
-    from energyat_core.testing import quick_train
-
     labeller = tmp_path / "labeller"
     quick_train(labeller, "--epochs", "1", "--set", "dataset.n_train=256", "--eval-n", "50", "--eval-steps", "1")
     images = coded_images(300, h=32, w=32)
@@ -403,7 +424,7 @@ def test_pseudo_labels_are_the_labellers_argmax_computed_once(tmp_path, monkeypa
     def no_model(*args, **kwargs):
         raise AssertionError("the cached pseudo-labels should have been used")
 
-    monkeypatch.setattr("energyat_core.runs.load_run", no_model)
+    monkeypatch.setattr("energyat_proxy.source.load_run", no_model)
     assert np.array_equal(pseudo_source().labels, expected.numpy())  # e.g. on --resume
     monkeypatch.undo()
     with pytest.raises(DataError, match="pseudo-labeller .* has 10 classes but the real dataset has 4"):

@@ -157,23 +157,22 @@ def registry():
 
 def test_resolved_preset_has_the_expected_parts_and_settings(registry):
     method = registry.method("trades")
-    assert method.based_on is None
-    assert method.parts == {
-        "attack": ("pgd", {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "objective": "kl", "random_start": "normal"}),
-        "loss": ("trades", {"beta": 6.0}),
-        "weighter": ("uniform", {}),
-    }
-    assert method.settings == {
-        "epochs": 76,
-        "optimizer": "sgd",
-        "lr": 0.1,
-        "momentum": 0.9,
-        "weight_decay": 2e-4,
-        "batch_size": 128,
-        "schedule": "multistep",
-        "milestones": (74 / 76,),
-        "gamma": 0.1,
-    }
+    assert method.based_on is None  # TRADES' own recipe (its adversary runs in eval mode, PGD-AT's will not)
+    assert method.parts["attack"] == (
+        "pgd",
+        {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "objective": "kl", "random_start": "normal"},
+    )
+    assert (method.parts["loss"], method.parts["weighter"]) == (("trades", {"beta": 6.0}), ("uniform", {}))
+    s = method.settings
+    assert (s["epochs"], s["optimizer"], s["lr"], s["momentum"], s["weight_decay"], s["batch_size"]) == (
+        76,
+        "sgd",
+        0.1,
+        0.9,
+        2e-4,
+        128,
+    )
+    assert (s["schedule"], s["milestones"], s["gamma"]) == ("multistep", (74 / 76,), 0.1)
     assert method.reference and "84.92" in method.reference and "53.08" in method.reference
 
 

@@ -2,7 +2,7 @@
 
 Installed, it registers (through the ``energyat`` entry point, module
 :mod:`energyat_weat.plugin`) the weighter ``energy`` and the method ``weat``; the preset
-uses the ``trades`` loss of energyat-trades.
+is based on the ``trades`` preset of energyat-trades (its ``pgd`` attack and ``trades`` loss).
 """
 
 from energyat_weat.weighter import EnergyWeighter, energy_weights

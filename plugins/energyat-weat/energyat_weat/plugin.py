@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from energyat_core import hookimpl
-from energyat_core.methods import Method
-from energyat_trades.plugin import TRADES_ATTACK
+from energyat_core.api import Method
 from energyat_weat.weighter import EnergyWeighter
 
+#: TRADES' preset (energyat-trades) weighted by the clean energy, with WEAT's own schedule
 WEAT = Method(
     name="weat",
     help=(
@@ -16,19 +16,13 @@ WEAT = Method(
         "variant 'adv' (CE on x_adv): --set loss.ce_on=adv. Their schedule: SGD lr 0.1, momentum 0.9, wd 5e-4, "
         "batch 128, 100 epochs, OneCycle (peak 0.1, 25% warm-up) stepped per batch"
     ),
-    attack=TRADES_ATTACK,
-    loss=("trades", {"beta": 6.0, "ce_on": "clean"}),
-    weighter=("energy", {}),
-    training={
-        "epochs": 100,
-        "optimizer": "sgd",
-        "lr": 0.1,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "batch_size": 128,
-        "schedule": "onecycle",
-        "warmup": 0.25,
+    based_on="trades",
+    parts={
+        "loss": ("trades", {"beta": 6.0, "ce_on": "clean"}),
+        "weighter": ("energy", {}),
     },
+    # TRADES' optimiser (SGD lr 0.1, momentum 0.9, batch 128) with WEAT's epochs, weight decay and OneCycle
+    settings={"epochs": 100, "weight_decay": 5e-4, "schedule": "onecycle", "warmup": 0.25},
     reference="Mirza et al., ECCV 2024 (arXiv:2407.06315); no reference number is pinned by energyat's specification",
 )
 

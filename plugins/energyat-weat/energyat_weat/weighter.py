@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from energyat_core.components import Batch, Weighter
-from energyat_core.energy import marginal_energy
+from energyat_core.api import Batch, Weighter, marginal_energy
 
 
 def energy_weights(logits: torch.Tensor) -> torch.Tensor:
@@ -29,4 +28,5 @@ class EnergyWeighter(Weighter):
     """
 
     def __call__(self, batch: Batch) -> torch.Tensor:
+        """The detached weights of ``batch``'s samples, shape ``[B]``."""
         return energy_weights(batch.logits_clean)

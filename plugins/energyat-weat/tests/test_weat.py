@@ -10,11 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from energyat_core.builtins import CrossEntropy, Uniform
-from energyat_core.components import Batch
-from energyat_core.energy import marginal_energy
+from energyat_core.api import Batch, marginal_energy
+from energyat_core.testing import compose_config, fresh_registry
 from energyat_trades import Trades, TradesConfig
 from energyat_weat import EnergyWeighter, energy_weights
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return fresh_registry()
 
 
 def engine_objective(loss, weighter, batch: Batch) -> torch.Tensor:
@@ -94,9 +98,9 @@ def test_weat_objective_is_the_weighted_trades_formula():
     torch.testing.assert_close(objective_adv, (w * ce_adv).mean() + beta * (w * kl).mean(), atol=1e-6, rtol=1e-5)
 
 
-def test_weat_with_unit_weights_is_trades(monkeypatch):
+def test_weat_with_unit_weights_is_trades(monkeypatch, registry):
     batch = small_batch()
-    trades = engine_objective(Trades(), Uniform(), batch)
+    trades = engine_objective(Trades(), registry.create("weighter", "uniform"), batch)
     monkeypatch.setattr("energyat_weat.weighter.energy_weights", lambda logits: torch.ones(len(logits)))
     weat = engine_objective(Trades(), EnergyWeighter(), batch)
     torch.testing.assert_close(weat, trades)
@@ -108,16 +112,17 @@ def test_weat_with_unit_weights_is_trades(monkeypatch):
         torch.testing.assert_close(a, b)
 
 
-def test_weights_differ_from_uniform_on_a_real_batch():
+def test_weights_differ_from_uniform_on_a_real_batch(registry):
     # guards the test above: the real weights are not all 1, so WEAT and TRADES differ
     batch = small_batch()
     assert not torch.allclose(EnergyWeighter()(batch), torch.ones(8))
     assert not torch.allclose(
-        engine_objective(Trades(), EnergyWeighter(), batch), engine_objective(Trades(), Uniform(), batch)
+        engine_objective(Trades(), EnergyWeighter(), batch),
+        engine_objective(Trades(), registry.create("weighter", "uniform"), batch),
     )
 
 
-def test_energy_weighter_with_cross_entropy_adds_one_clean_forward():
+def test_energy_weighter_with_cross_entropy_adds_one_clean_forward(registry):
     sizes = []
 
     class Counting(nn.Module):
@@ -131,43 +136,58 @@ def test_energy_weighter_with_cross_entropy_adds_one_clean_forward():
 
     b = small_batch()
     batch = Batch(Counting(), b.x, b.y, b.x_adv)
-    objective = engine_objective(CrossEntropy(), EnergyWeighter(), batch)
+    objective = engine_objective(registry.create("loss", "ce"), EnergyWeighter(), batch)
     assert sizes == [8, 8] and torch.isfinite(objective)
 
 
 # --- registry and preset ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def registry():
-    from energyat_core.registry import Registry
-
-    return Registry(set())
+def test_resolved_preset_is_trades_weighted_by_the_energy(registry):
+    method = registry.method("weat")
+    trades = registry.method("trades")
+    assert method.parts == {
+        "attack": trades.parts["attack"],  # TRADES' KL adversary
+        "loss": ("trades", {"beta": 6.0, "ce_on": "clean"}),  # variant "nat"
+        "weighter": ("energy", {}),
+    }
+    assert method.parts["attack"] == (
+        "pgd",
+        {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "objective": "kl", "random_start": "normal"},
+    )
+    # WEAT's schedule; the multistep milestones inherited from TRADES are unused by onecycle
+    assert method.settings == {
+        **trades.settings,
+        "epochs": 100,
+        "weight_decay": 5e-4,
+        "schedule": "onecycle",
+        "warmup": 0.25,
+    }
+    assert {k: method.settings[k] for k in ("optimizer", "lr", "momentum", "batch_size")} == {
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "momentum": 0.9,
+        "batch_size": 128,
+    }
 
 
 def test_registry_and_preset(registry):
-    from energyat_core.runconfig import RunConfig, compose
-
     assert isinstance(registry.create("weighter", "energy"), EnergyWeighter)
     assert not next(p for p in registry.plugins if p.name == "weat").errors
-    method = registry.method("weat")
-    kw = registry.create("attack", method.attack[0], **method.attack[1]).config.pgd_kwargs()
+    cfg = compose_config(registry, method="weat")
+    kw = cfg.parts["attack"].config.pgd_kwargs()
     assert kw["objective"] == "kl" and kw["random_start"] == "normal" and kw["steps"] == 10
     assert kw["eps"] == pytest.approx(8 / 255) and kw["alpha"] == pytest.approx(2 / 255)
-    assert method.weighter == ("energy", {})
-    RunConfig.from_dict(method.training)
-    cfg = compose(registry, method="weat")
-    assert (cfg.loss, cfg.weighter) == ("trades", "energy")
-    loss = registry.create("loss", cfg.loss, **cfg.component_options("loss"))
-    assert loss.config == TradesConfig(beta=6.0, ce_on="clean")  # variant "nat"
+    assert (cfg.spec("loss"), cfg.spec("weighter")) == ("trades", "energy")
+    assert cfg.parts["loss"].config == TradesConfig(beta=6.0, ce_on="clean")  # variant "nat"
     assert (cfg.epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size) == (100, 0.1, 0.9, 5e-4, 128)
     assert cfg.schedule == "onecycle" and cfg.warmup == 0.25
     # variant "adv" is one flag away
-    cfg_adv = compose(registry, method="weat", sets=["loss.ce_on=adv"])
-    assert registry.create("loss", cfg_adv.loss, **cfg_adv.component_options("loss")).config.ce_on == "adv"
+    cfg_adv = compose_config(registry, method="weat", sets=["loss.ce_on=adv"])
+    assert cfg_adv.parts["loss"].config.ce_on == "adv"
     # the weighter composes with any loss, e.g. energy-weighted PGD-AT
-    cfg_pgd = compose(registry, method="pgd-at", flags={"weighter": "energy"})
-    assert (cfg_pgd.attack, cfg_pgd.loss, cfg_pgd.weighter) == ("pgd", "ce", "energy")
+    cfg_pgd = compose_config(registry, method="pgd-at", flags={"weighter": "energy"})
+    assert (cfg_pgd.spec("attack"), cfg_pgd.spec("loss"), cfg_pgd.spec("weighter")) == ("pgd", "ce", "energy")
 
 
 # --- end to end -----------------------------------------------------------------------------------

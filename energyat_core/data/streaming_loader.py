@@ -3,15 +3,13 @@
 :class:`StreamingLoader` serves the batches :class:`~energyat_core.data.DeviceLoader`
 would serve for the same images, in the same order and with the same crops and flips:
 both take their plan of the epoch (permutation, shard of this rank, crop offsets and
-flips) from :class:`~energyat_core.data.loader.ShardedEpochs`, which depends only on
-``(seed, epoch)``. The difference is where the pixels come from: a
+flips) from :class:`~energyat_core.data.sharded_epochs.ShardedEpochs`, which depends
+only on ``(seed, epoch)``. The difference is where the pixels come from: a
 ``torch.utils.data.DataLoader`` whose workers decode the files of each batch (the
 indices are handed to it batch by batch, so ``start_batch`` skips batches without
 decoding them), into pinned memory on CUDA; the uint8 batch then goes to the device
 with a non-blocking copy, and cropping, flipping and the conversion to float happen
 there, as in :class:`DeviceLoader`.
-
-:func:`make_loader` picks the loader that suits an :class:`ImageData`.
 """
 
 from __future__ import annotations
@@ -24,8 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-from energyat_core.data.image_data import ImageData
-from energyat_core.data.loader import DeviceLoader, ShardedEpochs
+from energyat_core.data.sharded_epochs import ShardedEpochs
 from energyat_core.errors import DataError, EnergyATError
 
 #: DataLoader workers when the dataset asks for "one per CPU core" (workers=0)
@@ -89,9 +86,10 @@ class StreamingLoader(ShardedEpochs):
     """Iterates (x, y) batches of images decoded from ``dataset`` by ``workers`` DataLoader processes.
 
     ``dataset[i]`` must return image ``i`` as a uint8 tensor (C, H, W); ``y`` holds all
-    labels. Batching, sharding over ranks, ``drop_last``, augmentation and
-    ``channels_last`` behave as in :class:`DeviceLoader`, and the batches are equal to
-    its batches for the same images. ``workers=0`` decodes in the main process.
+    labels. ``plan`` are the keyword options of :class:`ShardedEpochs` (shuffle, augment,
+    drop_last, seed, rank, world_size, channels_last), as for :class:`DeviceLoader`, and
+    the batches are equal to its batches for the same images. ``workers=0`` decodes in
+    the main process.
     """
 
     def __init__(
@@ -101,35 +99,12 @@ class StreamingLoader(ShardedEpochs):
         batch_size: int,
         device: torch.device | str,
         *,
-        shuffle: bool = True,
-        augment: bool = False,
-        drop_last: bool = False,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        channels_last: bool = False,
         workers: int = 0,
+        **plan: Any,
     ) -> None:
-        n = len(dataset)
-        if y.dim() != 1 or y.shape[0] != n:
-            raise DataError(
-                f"StreamingLoader got {n} images but labels of shape {tuple(y.shape)}", "pass one label per image"
-            )
+        super().__init__(len(dataset), y, batch_size, device, **plan)
         if workers < 0:
             raise DataError(f"{workers} DataLoader workers", "use 0 (decode in the main process) or more")
-        self._plan(
-            n,
-            batch_size,
-            shuffle=shuffle,
-            augment=augment,
-            drop_last=drop_last,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            device=device,
-            channels_last=channels_last,
-        )
-        self.y = y.to(device=self.device, dtype=torch.int64)
         self.workers = workers
         self._sampler = _EpochBatches()
         self._loader = DataLoader(
@@ -177,10 +152,6 @@ class StreamingLoader(ShardedEpochs):
                 shutdown()
             self._loader._iterator = None
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The batches of epoch 0 (use :meth:`epoch` during training)."""
-        return self.epoch(0)
-
 
 def auto_workers() -> int:
     """DataLoader workers per process when the dataset says 0: one per CPU core, at most 8, at least 1.
@@ -190,18 +161,3 @@ def auto_workers() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return max(1, min(MAX_AUTO_WORKERS, cores // local_processes))
-
-
-def make_loader(
-    data: ImageData, batch_size: int, device: torch.device | str, **options: Any
-) -> DeviceLoader | StreamingLoader:
-    """The training loader of ``data``: :class:`StreamingLoader` if its images stay on disk, else :class:`DeviceLoader`.
-
-    ``options`` are the keyword arguments both loaders take (shuffle, augment, drop_last,
-    seed, rank, world_size, channels_last).
-    """
-    files = data.train_files
-    if files is None:
-        return DeviceLoader(data.train_x, data.train_y, batch_size, device, **options)
-    workers = files.workers if files.workers > 0 else auto_workers()
-    return StreamingLoader(files, data.train_y, batch_size, device, workers=workers, **options)

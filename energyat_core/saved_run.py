@@ -1,9 +1,12 @@
-"""A finished (or running) run directory: reading its config, model and data back.
+"""Reading a trained model back: a run directory, or a plain weights file.
 
 Commands that work on a trained model (``eval``, ``generate``, ``plot``) start here::
 
     run = load_run("runs/pgd-at", device=torch.device("cpu"))
     run.model, run.cfg, run.data
+
+Only the backbone and the dataset of the stored config are resolved, so a run can be
+evaluated where the plugins it was trained with (its attack, loss, ...) are not installed.
 """
 
 from __future__ import annotations
@@ -15,26 +18,26 @@ from pathlib import Path
 import torch
 
 from energyat_core import checkpoint as ckpt
+from energyat_core.build import build_data, build_model
 from energyat_core.data import ImageData
-from energyat_core.engine import BEST_FILE, build_data, build_model
 from energyat_core.errors import CheckpointError
+from energyat_core.options import as_dict
 from energyat_core.registry import Registry, get_registry
-from energyat_core.runconfig import RunConfig
+from energyat_core.run_config import Part, RunConfig
+from energyat_core.run_dir import checkpoint_path
+
+#: the parts of a run that rebuild its model and data
+MODEL_KINDS = ("backbone", "dataset")
 
 
 @dataclass
 class LoadedRun:
+    """A trained model with the config and data it was trained with; ``source`` is the weights file."""
+
     cfg: RunConfig
     model: torch.nn.Module
     data: ImageData
     source: str
-
-
-def checkpoint_path(run_dir: Path, which: str = "model") -> Path:
-    """``model`` (last epoch) or ``best`` (best per-epoch PGD accuracy)."""
-    if which not in ("model", "best"):
-        raise CheckpointError(f"unknown checkpoint '{which}'", "use --checkpoint model or --checkpoint best")
-    return run_dir / (ckpt.MODEL_FILE if which == "model" else BEST_FILE)
 
 
 def load_run(
@@ -46,9 +49,11 @@ def load_run(
     dataset: str | None = None,
     data_dir: str | None = None,
 ) -> LoadedRun:
-    """Rebuild a run's model from the config stored in its checkpoint and load the weights."""
+    """Rebuild a run's model from the config stored in its checkpoint and load the weights.
+
+    ``dataset`` and ``data_dir`` replace the run's (e.g. to evaluate on another copy of the data).
+    """
     registry = registry or get_registry()
-    device = device or torch.device("cpu")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(
@@ -63,20 +68,16 @@ def load_run(
             f"'{path}' carries no energyat run config", "evaluate it with --backbone, --weights and --dataset"
         )
     values = json.loads(meta["config"])
-    if isinstance(values, str):
+    if isinstance(values, str):  # written JSON-encoded twice
         values = json.loads(values)
-    cfg = RunConfig.from_dict(values)
+    cfg = RunConfig.from_dict(values, registry, kinds=MODEL_KINDS)
     if dataset is not None:
-        cfg.dataset = dataset
-        cfg.options = {k: v for k, v in cfg.options.items() if k != "dataset"}
+        entry, config = registry.config("dataset", dataset, {})
+        cfg.parts["dataset"] = Part(entry.name, as_dict(config), config)
     if data_dir is not None:
         cfg.data_dir = data_dir
-    data = build_data(registry, cfg)
-    model = build_model(registry, cfg, data, device)
-    hint = f"the checkpoint was trained with backbone '{cfg.backbone}' on '{cfg.dataset}'"
-    ckpt.load_weights(model, {k: v.to(device) for k, v in tensors.items()}, str(path), hint)
-    model.eval()
-    return LoadedRun(cfg, model, data, str(path))
+    hint = f"the checkpoint was trained with backbone '{cfg.spec('backbone')}' on '{cfg.spec('dataset')}'"
+    return _loaded(cfg, registry, device, tensors, str(path), hint)
 
 
 def load_weights_file(
@@ -91,18 +92,24 @@ def load_weights_file(
 ) -> LoadedRun:
     """A plain state dict saved by anyone (safetensors), with the architecture named by the user."""
     registry = registry or get_registry()
+    document = {"backbone": {"name": backbone, **(backbone_options or {})}, "dataset": dataset, "data_dir": data_dir}
+    cfg = RunConfig.from_dict(document, registry, kinds=MODEL_KINDS)
+    tensors, _ = ckpt.read_safetensors(weights)
+    return _loaded(cfg, registry, device, tensors, str(weights))
+
+
+def _loaded(
+    cfg: RunConfig,
+    registry: Registry,
+    device: torch.device | None,
+    tensors: dict[str, torch.Tensor],
+    source: str,
+    hint: str = "",
+) -> LoadedRun:
+    """Build the model of ``cfg``, load ``tensors`` into it and put it in eval mode."""
     device = device or torch.device("cpu")
-    cfg = RunConfig.from_dict(
-        {
-            "backbone": backbone,
-            "dataset": dataset,
-            "data_dir": data_dir,
-            "options": {"backbone": backbone_options or {}},
-        }
-    )
     data = build_data(registry, cfg)
     model = build_model(registry, cfg, data, device)
-    tensors, _ = ckpt.read_safetensors(weights)
-    ckpt.load_weights(model, {k: v.to(device) for k, v in tensors.items()}, str(weights))
+    ckpt.load_weights(model, {k: v.to(device) for k, v in tensors.items()}, source, hint)
     model.eval()
-    return LoadedRun(cfg, model, data, str(weights))
+    return LoadedRun(cfg, model, data, source)

@@ -1,0 +1,284 @@
+"""The training loop: one step is attack -> per-sample loss -> weights -> weighted mean -> update.
+
+:class:`Trainer` builds everything a :class:`~energyat_core.run_config.RunConfig` names
+(:mod:`energyat_core.build`), trains epoch by epoch, evaluates on a held-out subset after
+each epoch, logs ``metrics.jsonl`` (:mod:`energyat_core.run_dir`) and checkpoints
+(:mod:`energyat_core.training_state`), so that :meth:`Trainer.resume` continues a killed
+run exactly where its last completed epoch left it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from rich.console import Console
+
+from energyat_core import distributed
+from energyat_core.build import (
+    build_components,
+    build_data,
+    build_model,
+    check_batch_split,
+    compile_model,
+    eval_subset,
+    make_optimizer,
+    training_loader,
+)
+from energyat_core.components import Attack, Batch, DataSource, Loss, RunContext, Weighter
+from energyat_core.epoch_stats import EpochStats, PassCounter
+from energyat_core.errors import NonFiniteError
+from energyat_core.evaluation import quick_eval
+from energyat_core.modes import model_mode
+from energyat_core.precision import autocast, resolve_device, resolve_precision
+from energyat_core.progress import training_progress
+from energyat_core.registry import Registry
+from energyat_core.run_config import RunConfig
+from energyat_core.run_dir import append_metrics, truncate_metrics, write_config
+from energyat_core.schedules import lr_at
+from energyat_core.summary import epoch_line, summary
+from energyat_core.training_state import Counters, Trainable, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+#: seed offset per rank: the same initial weights everywhere, different attack noise on each rank
+RANK_SEED_STRIDE = 7919
+
+
+class Trainer:
+    """Trains one run described by a :class:`RunConfig` into ``run_dir``."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: str | Path,
+        registry: Registry,
+        console: Console | None = None,
+        *,
+        quiet: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.console = console or Console()
+        self.dist = distributed.from_environment()
+        self.quiet = quiet or not self.dist.is_main  # only rank 0 talks and writes
+        self.device = distributed.setup(self.dist, resolve_device(cfg.device))
+        self.precision = resolve_precision(cfg.precision, self.device)
+        check_batch_split(cfg, self.dist)
+        torch.manual_seed(cfg.seed)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+        self.data = build_data(registry, cfg)
+        self.model = build_model(registry, cfg, self.data, self.device)
+        distributed.broadcast_parameters(self.model, self.dist)
+        self.passes = PassCounter()
+        self.passes.attach(self.model)
+        if cfg.compile:
+            compile_model(self.model, self.console)
+        self.ctx = RunContext(
+            device=self.device,
+            num_classes=self.data.num_classes,
+            data=self.data,
+            run_dir=self.run_dir,
+            precision=self.precision,
+            seed=cfg.seed,
+            dist=self.dist,
+            registry=registry,
+        )
+        self.components = build_components(registry, cfg, self.ctx)
+        if self.dist.enabled:
+            torch.manual_seed(cfg.seed + RANK_SEED_STRIDE * self.dist.rank)
+
+        self.optimizer = make_optimizer(cfg, self.model, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.loader = training_loader(cfg, self.data, self.device, self.dist)
+        self.eval_x, self.eval_y = eval_subset(cfg, self.data, self.device, self.dist)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.total_steps = cfg.epochs * len(self.loader)
+        self.counters = Counters()
+
+    @property
+    def epoch(self) -> int:
+        """Completed epochs."""
+        return self.counters.epoch
+
+    @property
+    def trainable(self) -> Trainable:
+        """What a checkpoint saves besides the counters and the RNG states."""
+        return Trainable(self.model, self.optimizer, self.scaler, self.components)
+
+    def autocast(self):
+        """The run's autocast context (a no-op in fp32)."""
+        return autocast(self.device, self.precision)
+
+    # -- checkpoints --------------------------------------------------------------------
+    def save(self, best: bool) -> None:
+        """Checkpoint the completed epoch. Called on every rank (their RNG states are gathered); rank 0 writes."""
+        rngs = distributed.gather_objects(rng_state(self.device), self.dist)
+        if self.dist.is_main:
+            save_checkpoint(self.run_dir, self.cfg, self.data, self.trainable, self.counters, rngs, best=best)
+
+    def resume(self) -> None:
+        """Restore the last completed epoch from the run directory's training state."""
+        self.counters, rngs = load_checkpoint(self.run_dir, self.trainable, self.device)
+        set_rng_state(rngs[self.dist.rank] if len(rngs) == self.dist.world_size else rngs[0], self.device)
+        if self.dist.is_main:
+            truncate_metrics(self.run_dir, self.epoch)
+
+    # -- training -------------------------------------------------------------------
+    def fit(self, stop_after: int | None = None) -> list[dict[str, Any]]:
+        """Train until ``cfg.epochs`` (or ``stop_after`` more epochs); return this call's metrics."""
+        if self.dist.is_main:
+            write_config(self.run_dir, self.cfg)
+        history: list[dict[str, Any]] = []
+        last = self.cfg.epochs if stop_after is None else min(self.cfg.epochs, self.epoch + stop_after)
+        with training_progress(self.console, disable=self.quiet) as progress:
+            task = progress.add_task("train", total=(last - self.epoch) * len(self.loader), loss=0.0, acc=0.0, ips=0.0)
+            while self.epoch < last:
+                progress.update(task, description=f"epoch {self.epoch + 1}/{self.cfg.epochs}")
+                history.append(self.run_epoch(progress, task))
+        if history and not self.quiet:
+            self.console.print(summary(history[-1], self.cfg, self.counters, self.run_dir))
+        return history
+
+    def run_epoch(self, progress, task) -> dict[str, Any]:
+        """Train one epoch, evaluate, checkpoint and log it; its record."""
+        train = self.train_epoch(progress, task)
+        self.counters.epoch += 1
+        self.counters.elapsed += train["epoch_seconds"]
+        evals = self.evaluate()
+        record = {
+            "epoch": self.epoch,
+            "step": self.counters.step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **train,
+            **evals,
+            "elapsed_seconds": self.counters.elapsed,
+        }
+        best = evals["robust_acc"] > self.counters.best_robust
+        self.counters.best_robust = max(self.counters.best_robust, evals["robust_acc"])
+        self.save(best)
+        if self.dist.is_main:
+            append_metrics(self.run_dir, record)
+        if not self.quiet:
+            self.console.print(epoch_line(record, self.cfg.eval_steps))
+        return record
+
+    def train_epoch(self, progress, task) -> dict[str, float]:
+        """One pass over the training data; the epoch's training figures."""
+        stats = EpochStats.zeros(self.device)
+        fwd0, bwd0 = self.passes.forward, self.passes.backward
+        start = time.perf_counter()
+        n_batches = len(self.loader)
+        done = progress.tasks[task].completed if progress.tasks else 0
+        check_every = max(1, n_batches // 20)  # one host sync every few batches, not every step
+        for i, (x, y) in enumerate(self.loader.epoch(self.epoch)):
+            self.train_step(x, y, stats)
+            if (i + 1) % check_every == 0 or i + 1 == n_batches:
+                loss_sum, correct, seen = stats.totals(self.dist)
+                self._check_finite(loss_sum)
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                progress.update(
+                    task, completed=done + i + 1, loss=loss_sum / seen, acc=correct / seen, ips=seen / elapsed
+                )
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        loss_sum, correct, seen = stats.totals(self.dist)
+        local_seen = max(stats.seen, 1)
+        return {
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,
+            "img_per_s": seen / max(seconds, 1e-9),
+            "fwd_per_sample": (self.passes.forward - fwd0) / local_seen,
+            "bwd_per_sample": (self.passes.backward - bwd0) / local_seen,
+            "epoch_seconds": seconds,
+        }
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, stats: EpochStats) -> None:
+        """One optimisation step on a batch (plus the source's extra images, if the run has a source)."""
+        cfg, model = self.cfg, self.model
+        attack = cast(Attack, self.components["attack"])
+        loss_fn = cast(Loss, self.components["loss"])
+        weighter = cast(Weighter, self.components["weighter"])
+        if "source" in self.components:
+            x, y = self._mix_in(cast(DataSource, self.components["source"]), x, y)
+        self._set_lr()
+        with model_mode(model, training=cfg.attack_bn == "train"), self.autocast():
+            x_adv = attack(model, x, y)
+        batch = Batch(model, x, y, x_adv.detach())
+        with self.autocast():
+            per_sample = loss_fn(batch)
+            weights = weighter(batch)
+        loss = (weights.detach().float() * per_sample.float()).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        distributed.average_gradients(self.params, self.dist)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.counters.step += 1
+        stats.add(loss, batch)
+
+    def _mix_in(self, source: DataSource, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch with the source's extra images shuffled in."""
+        x_extra, y_extra = source.next_batch(len(y))
+        order = torch.randperm(len(y) + len(y_extra), device=x.device)
+        x = torch.cat([x, x_extra.to(x.dtype)])[order]
+        y = torch.cat([y, y_extra])[order]
+        if self.cfg.channels_last and x.is_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def _set_lr(self) -> None:
+        """The scheduled learning rate of the current step, on every parameter group."""
+        cfg = self.cfg
+        lr = lr_at(
+            self.counters.step,
+            self.total_steps,
+            schedule=cfg.schedule,
+            lr=cfg.lr,
+            milestones=cfg.milestones,
+            gamma=cfg.gamma,
+            warmup=cfg.warmup,
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _check_finite(self, loss_sum: float) -> None:
+        if not math.isfinite(loss_sum):
+            raise NonFiniteError(
+                f"the training loss became non-finite at epoch {self.epoch + 1}, step {self.counters.step}; "
+                f"the last good checkpoint (epoch {self.epoch}) is kept in '{self.run_dir}'",
+                "lower --lr, use --precision fp32, or check the loss options; then continue with --resume",
+            )
+
+    # -- evaluation -------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """Clean/PGD accuracy and energies on the held-out subset (shared out over ranks), checked finite."""
+        distributed.average_buffers(self.model, self.dist)  # one set of BatchNorm statistics
+        local = quick_eval(
+            self.model,
+            self.eval_x,
+            self.eval_y,
+            eps=self.cfg.eps,
+            norm=self.cfg.norm,
+            steps=self.cfg.eval_steps,
+            batch_size=max(self.cfg.batch_size, 256),
+            autocast=self.autocast,
+        )
+        evals = local
+        if self.dist.enabled:
+            n = float(len(self.eval_y))
+            sums = torch.tensor([v * n for v in local.values()] + [n], dtype=torch.float64, device=self.device)
+            *totals, count = distributed.all_reduce_sum(sums, self.dist).tolist()
+            evals = {k: v / max(count, 1.0) for k, v in zip(local, totals, strict=True)}
+        for key, value in evals.items():
+            if not math.isfinite(value):
+                raise NonFiniteError(
+                    f"evaluation gave a non-finite {key} after epoch {self.epoch}; "
+                    f"the last good checkpoint (epoch {self.epoch - 1}) is kept in '{self.run_dir}'",
+                    "lower --lr or use --precision fp32, then --resume",
+                )
+        return evals
