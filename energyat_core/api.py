@@ -78,7 +78,6 @@ from energyat_core.run_dir import MODEL_FILE, STATE_FILE
 from energyat_core.schedules import lr_at
 
 
-
 def load_run(*args, **kwargs):
     """Rebuild a trained run's model, config and data from its directory (see ``energyat eval``).
 

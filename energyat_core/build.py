@@ -15,13 +15,10 @@ from energyat_core.components import Backbone, Component, Dataset, RunContext
 from energyat_core.data import DeviceLoader, ImageData, StreamingLoader, make_loader
 from energyat_core.distributed import DistInfo
 from energyat_core.errors import ConfigError
-from energyat_core.kinds import RUN_KINDS
+from energyat_core.kinds import STEP_KINDS
 from energyat_core.models import Classifier, build_classifier
 from energyat_core.registry import Registry
 from energyat_core.run_config import RunConfig
-
-#: run kinds built into the model and the data once; every other run kind acts in each training step
-STRUCTURE_KINDS = ("backbone", "dataset")
 
 
 def build_data(registry: Registry, cfg: RunConfig) -> ImageData:
@@ -51,8 +48,8 @@ def build_components(registry: Registry, cfg: RunConfig, ctx: RunContext) -> dic
     """
     components = {
         kind.name: registry.create_part(kind.name, cfg.parts[kind.name])
-        for kind in RUN_KINDS
-        if kind.name not in STRUCTURE_KINDS and kind.name in cfg.parts
+        for kind in STEP_KINDS
+        if kind.name in cfg.parts
     }
     for component in components.values():
         component.setup(ctx)

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from energyat_core.components import Evaluator
-from energyat_core.options import option
 from energyat_core.energy import marginal_energy
 from energyat_core.modes import model_mode
+from energyat_core.options import option
 from energyat_core.perturbation import OBJECTIVES, default_step, pgd
 
 
@@ -75,7 +75,9 @@ class PGDEvaluator(Evaluator):
         objectives: tuple[str, ...] = option(
             ("ce", "cw"), "objectives to run, each reported separately", choices=OBJECTIVES
         )
-        alpha: float | None = option(None, "step size; none: eps/4 (2/255 at 8/255), 2.5*eps/steps below 10 steps", gt=0)
+        alpha: float | None = option(
+            None, "step size; none: eps/4 (2/255 at 8/255), 2.5*eps/steps below 10 steps", gt=0
+        )
 
     def run(self, model, x, y, *, eps, norm, batch_size):
         cfg = self.config

@@ -35,7 +35,9 @@ def frozen_running_stats(model: nn.Module) -> Iterator[nn.Module]:
     statistics the model is evaluated with (model samples, a generator's update).
     """
     layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.detach().clone()) for m in layers]
+    saved = [
+        (m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.detach().clone()) for m in layers
+    ]
     for m in layers:
         m.momentum = 0.0
     try:

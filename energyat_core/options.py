@@ -46,8 +46,12 @@ def option(
     return dataclasses.field(default=default, metadata=meta)
 
 
-_RULES = (("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b), ("le", "<=", lambda v, b: v <= b),
-          ("lt", "<", lambda v, b: v < b))
+_RULES = (
+    ("ge", ">=", lambda v, b: v >= b),
+    ("gt", ">", lambda v, b: v > b),
+    ("le", "<=", lambda v, b: v <= b),
+    ("lt", "<", lambda v, b: v < b),
+)
 
 
 def _fmt(bound: float) -> str:
@@ -220,7 +224,9 @@ def build_config(config_cls: type, options: dict[str, Any], what: str, flag: str
         try:
             check_field(fields[name], values[name])
         except ValueError as err:
-            raise ConfigError(f"{what} option '{name}' {err}, got {raw!r}", f"e.g. {how(name, _default_text(fields[name]))}") from None
+            raise ConfigError(
+                f"{what} option '{name}' {err}, got {raw!r}", f"e.g. {how(name, _default_text(fields[name]))}"
+            ) from None
     try:
         config = config_cls(**values)
         check = getattr(config, "check", None)

@@ -27,6 +27,7 @@ from energyat_core.methods import Method
 from energyat_core.options import build_config, first_field
 from energyat_core.plugins import PluginInfo, call_per_plugin, disabled_names, load_plugins
 
+
 @dataclass(frozen=True)
 class Entry:
     """A registered component: its kind, name, class and the plugin that provides it."""

@@ -97,7 +97,9 @@ class RunConfig:
     def check(self) -> None:
         """Cross-setting rules (called once, when the config is built)."""
         if self.norm == "linf" and self.eps > 1:
-            raise ValueError(f"an L-inf radius above 1 covers every image in [0, 1] (eps {self.eps:g}); e.g. --eps 8/255")
+            raise ValueError(
+                f"an L-inf radius above 1 covers every image in [0, 1] (eps {self.eps:g}); e.g. --eps 8/255"
+            )
 
     # -- parts ---------------------------------------------------------------------------
     def spec(self, kind: str) -> str | None:
@@ -149,7 +151,8 @@ def read_document(values: dict[str, Any], where: str) -> Layer:
     settings: dict[str, Any] = {}
     parts: dict[str, tuple[str | None, dict[str, Any]]] = {}
     valid = {f.name for f in setting_fields()}
-    legacy = values.get("options") if isinstance(values.get("options"), dict) else {}
+    raw_legacy = values.get("options")
+    legacy: dict[str, Any] = raw_legacy if isinstance(raw_legacy, dict) else {}
     for key, value in values.items():
         if key == "options" and key not in valid:
             continue
@@ -242,7 +245,9 @@ def load_file(path: str) -> dict[str, Any]:
         return json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
         kind = "JSON" if p.suffix == ".json" else "TOML"
-        raise ConfigError(f"config file '{path}' is not valid {kind} ({err})", "fix the syntax at the line named") from None
+        raise ConfigError(
+            f"config file '{path}' is not valid {kind} ({err})", "fix the syntax at the line named"
+        ) from None
 
 
 def method_layer(method: Any) -> Layer:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import ast
 import inspect
 import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from energyat_core import hookspecs
 from energyat_core.kinds import KINDS
@@ -60,8 +60,10 @@ def test_every_kind_has_its_documented_hook_and_nothing_else_does():
 @pytest.mark.parametrize("plugin_dir", PLUGINS, ids=lambda p: p.name)
 def test_plugins_import_only_public_surfaces(plugin_dir):
     own = _package(plugin_dir)
-    declared = {_canonical(d.split(";")[0].split("[")[0].split("=")[0].split(">")[0].split("<")[0].strip())
-                for d in _project(plugin_dir).get("dependencies", [])}
+    declared = {
+        _canonical(d.split(";")[0].split("[")[0].split("=")[0].split(">")[0].split("<")[0].strip())
+        for d in _project(plugin_dir).get("dependencies", [])
+    }
     first_party = {_package(p): _canonical(_project(p)["name"]) for p in PLUGINS}
     bad = []
     for path in sorted(plugin_dir.rglob("*.py")):

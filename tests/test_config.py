@@ -67,9 +67,7 @@ def test_parse_sets():
 def test_precedence_preset_file_flags_sets(registry, tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text("epochs = 7\nlr = 0.5\nschedule = 'constant'\n[attack]\neps = 0.1\n")
-    cfg = compose(
-        registry, method="noise-at", config_file=str(toml), flags={"lr": "0.02"}, sets=["attack.eps=0.2"]
-    )
+    cfg = compose(registry, method="noise-at", config_file=str(toml), flags={"lr": "0.02"}, sets=["attack.eps=0.2"])
     assert cfg.spec("attack") == "noise" and cfg.method == "noise-at"
     assert cfg.epochs == 7 and cfg.schedule == "constant"  # file over preset
     assert cfg.lr == 0.02  # flag over file

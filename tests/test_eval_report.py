@@ -24,7 +24,13 @@ def test_report_is_the_per_point_worst_case():
     }
     groups = {"autoattack_acc": ["autoattack-apgd-ce", "autoattack-apgd-t"]}  # an evaluator's report_field
     r = report(
-        clean=clean, per_attack=per_attack, eps=8 / 255, norm="linf", dataset="cifar10", architecture="wrn", groups=groups
+        clean=clean,
+        per_attack=per_attack,
+        eps=8 / 255,
+        norm="linf",
+        dataset="cifar10",
+        architecture="wrn",
+        groups=groups,
     )
     assert r["clean_acc"] == 80.0
     assert r["attacks"] == {"pgd20-ce": 60.0, "autoattack-apgd-ce": 60.0, "autoattack-apgd-t": 60.0}
@@ -88,7 +94,9 @@ REPORT_FIELDS = {
 
 
 def test_eval_writes_every_field_and_a_table(std_run, cli):
-    code, out, err = cli("eval", std_run, "--n", "60", "--set", "evaluator.steps=3", "--batch-size", "30", "--device", "cpu")
+    code, out, err = cli(
+        "eval", std_run, "--n", "60", "--set", "evaluator.steps=3", "--batch-size", "30", "--device", "cpu"
+    )
     assert code == 0, err
     result = json.loads((std_run / "eval.json").read_text())
     assert set(result) >= REPORT_FIELDS

@@ -10,15 +10,15 @@ import typer
 from rich.console import Console
 
 from energyat_core.components import RunContext
-from energyat_core.options import as_dict, parse_number
 from energyat_core.errors import ConfigError
 from energyat_core.evaluation import batched, predict, report
+from energyat_core.options import as_dict, parse_number
 from energyat_core.precision import autocast, resolve_device
 from energyat_core.progress import table, task_progress
 from energyat_core.registry import get_registry
 from energyat_core.run_config import parse_sets
-from energyat_core.saved_run import load_run, load_weights_file
 from energyat_core.sanity import print_warnings, sanity_checks
+from energyat_core.saved_run import load_run, load_weights_file
 
 
 def add_commands(app: typer.Typer) -> None:

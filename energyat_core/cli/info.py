@@ -8,9 +8,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from energyat_core.errors import ConfigError
 from energyat_core.kinds import KIND, kind_names
 from energyat_core.options import describe_fields
-from energyat_core.errors import ConfigError
 from energyat_core.progress import table
 from energyat_core.registry import get_registry
 from energyat_core.run_config import RunConfig

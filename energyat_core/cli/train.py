@@ -19,13 +19,13 @@ import typer
 from rich.console import Console
 
 from energyat_core import distributed
-from energyat_core.run_dir import CONFIG_FILE, STATE_FILE, prepare_run_dir
-from energyat_core.trainer import Trainer
 from energyat_core.errors import ConfigError, RunDirError
 from energyat_core.kinds import RUN_KINDS
 from energyat_core.options import resolved_types, rule_text, type_name
 from energyat_core.registry import get_registry
 from energyat_core.run_config import RunConfig, compose, setting_fields
+from energyat_core.run_dir import CONFIG_FILE, STATE_FILE, prepare_run_dir
+from energyat_core.trainer import Trainer
 
 
 def add_commands(app: typer.Typer) -> None:
@@ -202,7 +202,8 @@ def _resume(registry: Any, console: Console, run_dir: Path, *, stop_after: int |
     config_path = run_dir / CONFIG_FILE
     if not config_path.exists():
         raise RunDirError(
-            f"'{run_dir}' holds no run to resume (no {CONFIG_FILE})", "give the run directory of an earlier `energyat train`"
+            f"'{run_dir}' holds no run to resume (no {CONFIG_FILE})",
+            "give the run directory of an earlier `energyat train`",
         )
     cfg = RunConfig.from_dict(json.loads(config_path.read_text()), registry)
     trainer = Trainer(cfg, run_dir, registry, console, quiet=quiet)
@@ -215,4 +216,3 @@ def _resume(registry: Any, console: Console, run_dir: Path, *, stop_after: int |
         console.print(f"resuming '{run_dir}' after epoch {trainer.epoch}")
     trainer.fit(stop_after)
     distributed.shutdown(trainer.dist)
-
