@@ -29,7 +29,7 @@ module of ``energyat_core`` is internal and may change without notice.
 from __future__ import annotations
 
 # -- the plugin contract: hooks, component bases, options, presets, errors ------------------
-from energyat_core.checkpoint import atomic_save, load_state, read_safetensors, save_state
+from energyat_core.checkpoint import atomic_save, read_safetensors
 from energyat_core.components import (
     Attack,
     Backbone,
@@ -74,8 +74,7 @@ from energyat_core.perturbation import (
 from energyat_core.precision import resolve_device
 from energyat_core.progress import table, task_progress
 from energyat_core.run_config import parse_sets
-from energyat_core.run_dir import MODEL_FILE, STATE_FILE
-from energyat_core.schedules import lr_at
+from energyat_core.run_dir import MODEL_FILE
 
 
 def load_run(*args, **kwargs):
@@ -94,7 +93,6 @@ __all__ = [
     "NORMS",
     "OBJECTIVES",
     "RANDOM_STARTS",
-    "STATE_FILE",
     "Attack",
     "Backbone",
     "Batch",
@@ -129,8 +127,6 @@ __all__ = [
     "kl_per_sample",
     "load_arrays",
     "load_run",
-    "load_state",
-    "lr_at",
     "marginal_energy",
     "model_mode",
     "objective_values",
@@ -143,7 +139,6 @@ __all__ = [
     "read_safetensors",
     "resolve_device",
     "save_arrays",
-    "save_state",
     "seeded_generator",
     "table",
     "task_progress",

@@ -14,7 +14,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from energyat_core.run_dir import read_metrics
+from energyat_core.checkpoint import load_state, save_state
+from energyat_core.run_dir import STATE_FILE, read_metrics
+from energyat_core.schedules import lr_at
+
+__all__ = [
+    "QUICK_ARGS",
+    "QUICK_FLAGS",
+    "QUICK_SETS",
+    "STATE_FILE",
+    "compose_config",
+    "fresh_registry",
+    "load_state",
+    "lr_at",
+    "make_trainer",
+    "quick_train",
+    "read_metrics",
+    "run_cli",
+    "save_state",
+    "train_steps",
+]
 
 #: a small, fast setting in which adversarial training visibly works on CPU, as run settings...
 QUICK_FLAGS: dict[str, Any] = {

@@ -128,13 +128,13 @@ def test_eval_warns_before_attacking_a_model_with_softmax_outputs(std_run, cli, 
 
     monkeypatch.setattr(evaluate_cli, "load_run", load_softmaxed)
     out_file = tmp_path / "e.json"
-    code, out, err = cli("eval", std_run, "--n", "20", "--steps", "1", "--device", "cpu", "--out", out_file)
+    code, out, err = cli("eval", std_run, "--n", "20", "--evaluator", "pgd:1", "--device", "cpu", "--out", out_file)
     assert code == 0, err
     warnings = json.loads(out_file.read_text())["sanity_warnings"]
     assert len(warnings) == 1 and "probabilities" in warnings[0]
     assert out.index("warning: the model's outputs look like probabilities") < out.index("worst case over attacks")
     code, out, _ = cli(
-        "eval", std_run, "--n", "20", "--steps", "1", "--device", "cpu", "--out", out_file, "--no-sanity"
+        "eval", std_run, "--n", "20", "--evaluator", "pgd:1", "--device", "cpu", "--out", out_file, "--no-sanity"
     )
     assert code == 0 and "warning:" not in out
     assert json.loads(out_file.read_text())["sanity_warnings"] == []

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from energyat_core.api import Attack, ConfigError, RunContext, build_config, load_state, lr_at, save_state
-from energyat_core.testing import compose_config, fresh_registry
+from energyat_core.api import Attack, ConfigError, RunContext, build_config
+from energyat_core.testing import compose_config, fresh_registry, load_state, lr_at, save_state
 from energyat_fgsm_sdi import FGSMSDI, FGSMSDIConfig, Generator
 from energyat_fgsm_sdi.attack import input_grad_sign
 

@@ -6,8 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from energyat_core.api import load_state
-from energyat_core.testing import quick_train, read_metrics, run_cli
+from energyat_core.testing import load_state, quick_train, read_metrics, run_cli
 
 #: a smaller generator and more frequent updates, so that G learns within a few CPU epochs
 SDI_QUICK = ("--method", "fgsm-sdi", "--set", "attack.channels=16", "--set", "attack.update_every=2")

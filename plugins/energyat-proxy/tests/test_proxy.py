@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from energyat_core.api import (
-    STATE_FILE,
     Attack,
     ConfigError,
     DataError,
@@ -19,10 +18,17 @@ from energyat_core.api import (
     ImageData,
     RunContext,
     load_run,
-    load_state,
-    save_state,
 )
-from energyat_core.testing import compose_config, fresh_registry, make_trainer, quick_train, train_steps
+from energyat_core.testing import (
+    STATE_FILE,
+    compose_config,
+    fresh_registry,
+    load_state,
+    make_trainer,
+    quick_train,
+    save_state,
+    train_steps,
+)
 from energyat_proxy.npz import load_proxy
 from energyat_proxy.source import ProxySource, extra_count
 
