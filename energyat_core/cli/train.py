@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import time
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 from rich.console import Console
@@ -21,7 +22,7 @@ from rich.console import Console
 from energyat_core import distributed
 from energyat_core.errors import ConfigError, RunDirError
 from energyat_core.kinds import RUN_KINDS
-from energyat_core.options import resolved_types, rule_text, type_name
+from energyat_core.options import resolved_types, rule_text
 from energyat_core.registry import get_registry
 from energyat_core.run_config import RunConfig, compose, setting_fields
 from energyat_core.run_dir import CONFIG_FILE, STATE_FILE, prepare_run_dir
@@ -46,10 +47,22 @@ def _setting_param(f: dataclasses.Field, tp: Any) -> inspect.Parameter:
         option = typer.Option(None, f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False)
         return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=bool | None)
     rule = rule_text(f)
-    metavar = type_name(tp).upper() if " " not in type_name(tp) else "VALUE"
-    help_text += f"; {type_name(tp)}" + (f", {rule}" if rule else "")
+    metavar = _metavar(tp)
+    help_text += f"; {rule}" if rule else ""
     option = typer.Option(None, flag_name(f.name), help=help_text, show_default=False, metavar=metavar)
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=str | None)
+
+
+def _metavar(tp: Any) -> str:
+    """``sgd|adam|adamw`` for choices, ``INT`` for ``int | None``, ``FLOAT,...`` for lists."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) is Literal:
+        return "|".join(str(a) for a in args)
+    if typing.get_origin(tp) in (tuple, list):
+        return f"{_metavar(args[0])},..." if args else "VALUE,..."
+    if args and typing.get_origin(tp) is not None:  # X | None
+        return _metavar(args[0])
+    return {int: "INT", float: "FLOAT", str: "TEXT"}.get(tp, "VALUE")
 
 
 def _show(value: Any) -> str:
