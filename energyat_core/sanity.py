@@ -7,7 +7,7 @@ an evaluation. The checks:
 
 * **randomised / non-deterministic**: two forward passes on the same batch differ
   (dropout left on at test time, noise injection, ...): a fixed-input attack then
-  overestimates robustness; use an EOT attack (``--evaluator autoattack:rand``);
+  overestimates robustness; use an EOT attack (``energyat describe evaluator``);
 * **probabilities, not logits**: every row is non-negative and sums to one, or every
   output lies in [0, 1] (a softmax or sigmoid at the end of the network): cross-entropy
   on probabilities saturates and gradient attacks weaken;

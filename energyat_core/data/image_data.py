@@ -132,12 +132,6 @@ class ImageData:
             )
         return dataclasses.replace(self, train_x=self.train_x[:n], train_y=self.train_y[:n])
 
-    def subset_test(self, n: int) -> ImageData:
-        """A copy that keeps only the first ``n`` test images (all of them if ``n`` is larger)."""
-        if n < 0:
-            raise DataError(f"cannot keep {n} test images", "pass a number of images >= 0")
-        return dataclasses.replace(self, test_x=self.test_x[:n], test_y=self.test_y[:n])
-
     def __repr__(self) -> str:
         c, h, w = self.image_shape
         return (
