@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from energyat_core.api import (
-    STATE_FILE,
     Batch,
     CheckpointError,
     ConfigError,
@@ -22,11 +21,17 @@ from energyat_core.api import (
     NonFiniteError,
     RunContext,
     build_config,
-    load_state,
     marginal_energy,
+)
+from energyat_core.testing import (
+    STATE_FILE,
+    compose_config,
+    fresh_registry,
+    load_state,
+    quick_train,
+    run_cli,
     save_state,
 )
-from energyat_core.testing import compose_config, fresh_registry, quick_train, run_cli
 from energyat_jeat.loss import JEAT, JEATConfig, jeat_per_sample
 
 SHAPE = (3, 4, 4)

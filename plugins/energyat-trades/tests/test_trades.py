@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from energyat_core.api import Batch, ConfigError, build_config, kl_per_sample, lr_at
-from energyat_core.testing import compose_config, fresh_registry
+from energyat_core.api import Batch, ConfigError, build_config, kl_per_sample
+from energyat_core.testing import compose_config, fresh_registry, lr_at
 from energyat_trades import Trades, TradesConfig
 
 LN2 = math.log(2.0)
