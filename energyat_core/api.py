@@ -29,7 +29,7 @@ module of ``energyat_core`` is internal and may change without notice.
 from __future__ import annotations
 
 # -- the plugin contract: hooks, component bases, options, presets, errors ------------------
-from energyat_core.checkpoint import atomic_save, read_safetensors
+from energyat_core.checkpoint import atomic_save, read_safetensors, read_weights_only, weights_load_failure
 from energyat_core.components import (
     Attack,
     Backbone,
@@ -137,9 +137,11 @@ __all__ = [
     "project",
     "random_start_delta",
     "read_safetensors",
+    "read_weights_only",
     "resolve_device",
     "save_arrays",
     "seeded_generator",
     "table",
     "task_progress",
+    "weights_load_failure",
 ]

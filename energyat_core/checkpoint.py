@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import pickle
+import re
+import stat
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from energyat_core.errors import CheckpointError
+from energyat_core.run_dir import temporary_path
 
 FORMAT = "energyat-1"
 STRIP_PREFIXES = ("module.", "_orig_mod.")
@@ -73,38 +78,74 @@ def unflatten_state(tensors: dict[str, torch.Tensor], skeleton: Any) -> Any:
 
 # -- files ------------------------------------------------------------------------------
 def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
-    """Write a safetensors file via a temporary file and an atomic rename."""
+    """Write a safetensors file via a temporary file, fsync and an atomic rename.
+
+    A crash leaves either the old file or the new one, plus at most a ``*.tmp`` file that
+    the next start of a run removes (:func:`energyat_core.run_dir.clean_leftovers`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = temporary_path(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    mode = os.fstat(fd).st_mode & 0o777  # what the umask allows (safetensors itself writes 0600)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, mode)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file, with one-line errors for bad files."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(
             f"checkpoint '{path}' does not exist", "check the path (a run directory holds model.safetensors)"
+        )
+    if not path.is_file():  # a folder, a FIFO (opening it would block), a device, ...
+        raise CheckpointError(
+            f"checkpoint '{path}' is not a regular file ({_file_kind(path)})",
+            "point at a .safetensors file (a run directory holds model.safetensors)",
         )
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+    except (SafetensorError, OSError, ValueError, RuntimeError, OverflowError) as err:
         raise CheckpointError(
-            f"'{path}' is not a readable safetensors file ({str(err).splitlines()[0][:120]})",
+            f"'{path}' is not a readable safetensors file ({str(err).splitlines()[0][:120] if str(err) else err!r})",
             "it may be truncated or another format; re-save with safetensors.torch.save_file(model.state_dict(), path)",
         ) from None
     return tensors, metadata
+
+
+def _file_kind(path: Path) -> str:
+    """What ``path`` is, in words, when it is not a regular file."""
+    mode = path.stat().st_mode
+    kinds = {
+        "a folder": stat.S_ISDIR,
+        "a FIFO": stat.S_ISFIFO,
+        "a socket": stat.S_ISSOCK,
+        "a character device": stat.S_ISCHR,
+        "a block device": stat.S_ISBLK,
+    }
+    return next((name for name, test in kinds.items() if test(mode)), "not a plain file")
+
+
+def metadata_json(metadata: dict[str, str], key: str, path: str | os.PathLike) -> Any:
+    """The JSON value stored under ``key`` in a checkpoint's metadata; CheckpointError naming the file if bad."""
+    try:
+        return json.loads(metadata[key])
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise CheckpointError(
+            f"the metadata '{key}' of '{path}' is not valid JSON ({err.__class__.__name__}: {str(err)[:80]})",
+            "the file is damaged or was not written by energyat; use another checkpoint",
+        ) from None
 
 
 def save_model(path: str | os.PathLike, model: torch.nn.Module, metadata: dict[str, Any]) -> None:
@@ -123,13 +164,26 @@ def save_state(path: str | os.PathLike, state: dict[str, Any], metadata: dict[st
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
-    """The nested state :func:`save_state` wrote."""
+    """The nested state :func:`save_state` wrote; CheckpointError if it is not such a state."""
     tensors, metadata = read_safetensors(path)
     if "skeleton" not in metadata:
         raise CheckpointError(
             f"'{path}' is not an energyat training-state file", "resume from a run directory that energyat wrote"
         )
-    return unflatten_state(tensors, json.loads(metadata["skeleton"]))
+    for key in metadata:  # save_state JSON-encodes every entry but the format tag
+        if key != "format":
+            metadata_json(metadata, key, path)
+    damaged = CheckpointError(
+        f"the training state in '{path}' is damaged (its layout does not match its tensors)",
+        "use a run directory that energyat wrote, or start the run anew",
+    )
+    try:
+        state = unflatten_state(tensors, metadata_json(metadata, "skeleton", path))
+    except (KeyError, TypeError, ValueError, RecursionError):
+        raise damaged from None
+    if not isinstance(state, dict):
+        raise damaged
+    return state
 
 
 def _strip(key: str) -> str:
@@ -152,7 +206,9 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
 
     Accepts a full classifier state dict (as energyat saves it) or a plain backbone state
     dict saved by anyone (then loaded into ``model.net``); ``module.`` (DDP) and
-    ``_orig_mod.`` (torch.compile) prefixes are removed.
+    ``_orig_mod.`` (torch.compile) prefixes are removed. Tensors of another kind than the
+    model's (integers or booleans for float weights) and NaN values are refused; another
+    precision of the same kind (float16 into float32) is converted, with a note on stderr.
     """
     state = {_strip(k): v for k, v in state.items()}
     target: torch.nn.Module = model
@@ -181,4 +237,90 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
                 f"checkpoint '{source}' has shape {tuple(value.shape)} at '{key}', the model {tuple(own[key].shape)}",
                 fix,
             )
+    converted = _check_dtypes(own, state, source)
+    if converted:
+        print(f"note: {converted}", file=sys.stderr)
     target.load_state_dict(state)
+
+
+def _dtype_kind(dtype: torch.dtype) -> str:
+    """bool, complex, float or integer: tensors of one kind convert into each other without losing their meaning."""
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    return "float" if dtype.is_floating_point else "integer"
+
+
+def _check_dtypes(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str) -> str:
+    """Refuse tensors of another kind than the model's (int8 or bool for float weights) and NaN weights.
+
+    Returns a one-line note naming the tensors whose precision differs (e.g. float16 into float32: converted
+    by ``load_state_dict``), or "" if every dtype matches.
+    """
+    converted: dict[tuple[torch.dtype, torch.dtype], list[str]] = {}
+    for key, value in state.items():
+        want = own[key].dtype
+        if value.dtype == want:
+            continue
+        if _dtype_kind(value.dtype) != _dtype_kind(want):
+            raise CheckpointError(
+                f"checkpoint '{source}' holds {_name(value.dtype)} values at '{key}', the model {_name(want)}",
+                "load weights saved from a model of this architecture (a quantised or damaged file cannot be loaded)",
+            )
+        converted.setdefault((value.dtype, want), []).append(key)
+    for key, value in state.items():
+        if value.is_floating_point() and bool(torch.isnan(value).any()):
+            raise CheckpointError(
+                f"checkpoint '{source}' holds NaN values at '{key}'",
+                "the model diverged before it was saved; use an earlier checkpoint",
+            )
+    parts = [
+        f"{len(keys)} {_name(have)} tensors (e.g. '{keys[0]}') to {_name(want)}"
+        for (have, want), keys in converted.items()
+    ]
+    return f"checkpoint '{source}': converted {'; '.join(parts)}" if parts else ""
+
+
+def _name(dtype: torch.dtype) -> str:
+    """``float16`` for ``torch.float16``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def weights_load_failure(err: BaseException) -> str:
+    """One line on why a weights file could not be read; a refused pickle says so, not how to unpickle it."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    if isinstance(err, pickle.UnpicklingError) and "weights only load failed" in text.lower():
+        detail = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else ""
+        first = next((line.strip() for line in detail.splitlines() if line.strip()), "")
+        first = first.split(". ")[0][:120]
+        return "it holds Python objects besides tensors, which are never unpickled" + (f" ({first})" if first else "")
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    # load_state_dict's errors announce a list on their first line
+    return (f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0])[:160]
+
+
+def read_weights_only(path: str | os.PathLike[str], what: str = "weights") -> Any:
+    """The content of a weights file from anyone, never unpickling anything but tensors.
+
+    ``.safetensors`` files are read with safetensors; anything else (``.pth``, ``.bin``) with
+    ``torch.load(..., weights_only=True)``. A file that cannot be read that way is a one-line
+    :class:`CheckpointError` saying why (a pickle with Python objects is named as such).
+    """
+    file = Path(path)
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(file), device="cpu")
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says it better
+            warnings.simplefilter("ignore")
+            return torch.load(str(file), map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip, safetensors and OS errors have no common base
+        kind = "safetensors" if file.suffix == ".safetensors" else "weights-only torch"
+        raise CheckpointError(
+            f"'{file}' is not a {kind} file of {what} ({weights_load_failure(err)})",
+            "pass a plain state dict: .safetensors, or .pth/.bin of tensors saved with torch.save(state_dict, path)",
+        ) from None

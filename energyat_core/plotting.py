@@ -13,6 +13,7 @@ per epoch. A widening gap between the two goes with robust overfitting.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,10 +57,17 @@ def load_metrics(path: str | Path) -> list[dict[str, Any]]:
     for line in Path(path).read_text().splitlines():
         if line.strip():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(record, dict) and _number(record.get("epoch")):
+                records.append(record)
     return records
+
+
+def _number(value: Any) -> bool:
+    """A finite int or float (JSON booleans are not numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def last_per_epoch(metrics: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -72,7 +80,7 @@ def last_per_epoch(metrics: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    pairs = [(int(r["epoch"]), float(r[key])) for r in records if r.get(key) is not None]
+    pairs = [(int(r["epoch"]), float(r[key])) for r in records if _number(r.get(key))]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ from energyat_core.errors import ConfigError
 from energyat_core.kinds import KIND, KINDS, kind_names
 from energyat_core.methods import Method
 from energyat_core.options import build_config, first_field
-from energyat_core.plugins import PluginInfo, call_per_plugin, disabled_names, load_plugins
+from energyat_core.plugins import PluginInfo, call_per_plugin, contested, disabled_names, load_plugins, settle
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,23 @@ class Entry:
 
 
 class Registry:
-    """All components, method presets and plugin reports of this installation."""
+    """All components, method presets and plugin reports of this installation.
+
+    Plugins register through their hooks; a name claimed by several plugins is settled
+    after every hook has run, by rank and not by call order (see
+    :mod:`energyat_core.plugins`): core, then first-party, keeps it; a tie among the
+    highest rank leaves the name to nobody (listed in :attr:`contested`).
+    """
 
     def __init__(self, disabled: set[str] | None = None) -> None:
         self.pm, self.plugins = load_plugins(disabled)
         self.entries: dict[str, dict[str, Entry]] = {kind.name: {} for kind in KINDS}
         self.methods: dict[str, Method] = {}
         self.method_plugin: dict[str, str] = {}
+        #: (kind or "method", name) -> the plugins that claim it, when none of them got it
+        self.contested: dict[tuple[str, str], list[PluginInfo]] = {}
+        self._claims: dict[tuple[str, str], list[tuple[int, PluginInfo, Any]]] = {}
+        self._seq = itertools.count()
         for kind in KINDS:
             call_per_plugin(
                 self.pm, kind.hook, self.plugins, lambda info, k=kind.name: {"register": self._registrar(k, info)}
@@ -58,8 +69,16 @@ class Registry:
         call_per_plugin(
             self.pm, "register_methods", self.plugins, lambda info: {"register": self._method_registrar(info)}
         )
+        self._settle()
 
     # -- registration ---------------------------------------------------------------
+    def _claim(self, kind: str, name: str, info: PluginInfo, value: Any) -> None:
+        claims = self._claims.setdefault((kind, name), [])
+        if any(other is info for _, other, _ in claims):
+            info.errors.append(f"{kind} '{name}' is registered twice by this plugin; the first one is kept")
+            return
+        claims.append((next(self._seq), info, value))
+
     def _registrar(self, kind: str, info: PluginInfo):
         base = KIND[kind].base
 
@@ -67,12 +86,7 @@ class Registry:
             if not (isinstance(cls, type) and issubclass(cls, base)):
                 info.errors.append(f"{kind} '{name}' is not a subclass of {base.__name__}; skipped")
                 return
-            if name in self.entries[kind]:
-                other = self.entries[kind][name].plugin
-                info.errors.append(f"{kind} '{name}' is already registered by '{other}'; skipped")
-                return
-            self.entries[kind][name] = Entry(kind, name, cls, info.name)
-            info.registered.append(f"{kind}:{name}")
+            self._claim(kind, name, info, cls)
 
         return register
 
@@ -81,16 +95,28 @@ class Registry:
             if not isinstance(method, Method):
                 info.errors.append(f"register_methods: {method!r} is not a Method; skipped")
                 return
-            if method.name in self.methods:
-                info.errors.append(
-                    f"method '{method.name}' is already registered by '{self.method_plugin[method.name]}'; skipped"
-                )
-                return
-            self.methods[method.name] = method
-            self.method_plugin[method.name] = info.name
-            info.registered.append(f"method:{method.name}")
+            self._claim("method", method.name, info, method)
 
         return register
+
+    def _settle(self) -> None:
+        """Give every claimed name to its plugin (:func:`~energyat_core.plugins.settle`)."""
+        won: list[tuple[int, PluginInfo, str]] = []
+        for (kind, name), claims in self._claims.items():
+            claimants = [info for _, info, _ in claims]
+            winner = settle(f"{kind} '{name}'", claimants)
+            if winner is None:
+                self.contested[(kind, name)] = claimants
+                continue
+            seq, _, value = next(c for c in claims if c[1] is winner)
+            if kind == "method":
+                self.methods[name] = value
+                self.method_plugin[name] = winner.name
+            else:
+                self.entries[kind][name] = Entry(kind, name, value, winner.name)
+            won.append((seq, winner, f"{kind}:{name}"))
+        for _, info, item in sorted(won, key=lambda w: w[0]):  # each plugin's own order
+            info.registered.append(item)
 
     # -- lookup -----------------------------------------------------------------------
     def names(self, kind: str) -> list[str]:
@@ -102,8 +128,10 @@ class Registry:
             raise ConfigError(f"unknown component kind '{kind}'", f"use one of: {kind_names('method')}")
 
     def _missing(self, kind: str, name: str, known: list[str]) -> ConfigError:
+        if (kind, name) in self.contested:
+            return ConfigError(*contested(f"{kind} '{name}'", self.contested[(kind, name)]))
         hint = f"available: {', '.join(known) or 'none'}; install the plugin that provides it"
-        failed = [p.name for p in self.plugins if p.errors]
+        failed = [p.name for p in self.plugins if not p.loaded and not p.disabled]
         if failed:
             hint += f" (plugins that failed to load: {', '.join(failed)}; see `energyat plugins`)"
         return ConfigError(f"unknown {kind} '{name}'", hint)
@@ -119,7 +147,7 @@ class Registry:
     def method(self, name: str, _seen: tuple[str, ...] = ()) -> Method:
         """The preset ``name``, with its ``based_on`` chain resolved."""
         if name not in self.methods:
-            if _seen:
+            if _seen and ("method", name) not in self.contested:
                 raise ConfigError(
                     f"method '{_seen[-1]}' is based on '{name}', which is not installed",
                     "install the plugin that provides it (see the preset's plugin dependencies)",

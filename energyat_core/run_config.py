@@ -77,7 +77,7 @@ class RunConfig:
     )
     gamma: float = option(0.1, "multistep: lr factor at each milestone", gt=0)
     warmup: float = option(0.25, "onecycle/cyclic: fraction of training spent rising to the peak lr", ge=0, le=1)
-    seed: int = option(0, "random seed (data order, augmentation, initialisation, attacks)", ge=0)
+    seed: int = option(0, "random seed (data order, augmentation, initialisation, attacks)", ge=0, lt=2**32)
     device: Literal["auto", "cpu", "cuda"] = option("auto", "auto picks cuda when available")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = option("auto", "auto: bf16 on CUDA, fp32 on CPU")
     compile: bool = option(False, "torch.compile the backbone")
@@ -240,14 +240,20 @@ def load_file(path: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file '{path}' does not exist", "check the path given to --config")
+    kind = "JSON" if p.suffix == ".json" else "TOML"
     try:
         text = p.read_text()
-        return json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+        values = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
-        kind = "JSON" if p.suffix == ".json" else "TOML"
         raise ConfigError(
             f"config file '{path}' is not valid {kind} ({err})", "fix the syntax at the line named"
         ) from None
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"config file '{path}' holds a {type(values).__name__}, not a table of settings",
+            'write settings at the top level and one table per part, e.g. epochs = 10 and [attack] name = "pgd"',
+        )
+    return values
 
 
 def method_layer(method: Any) -> Layer:

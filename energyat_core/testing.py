@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +20,25 @@ from energyat_core.run_dir import STATE_FILE, read_metrics
 from energyat_core.schedules import lr_at
 
 __all__ = [
+    "FakeEntryPoint",
     "QUICK_ARGS",
     "QUICK_FLAGS",
     "QUICK_SETS",
     "STATE_FILE",
+    "TINY_ARGS",
+    "assert_one_line_error",
+    "Payload",
     "compose_config",
     "fresh_registry",
     "load_state",
     "lr_at",
     "make_trainer",
     "quick_train",
+    "raw_pickle",
     "read_metrics",
     "run_cli",
     "save_state",
+    "torch_pickle",
     "train_steps",
 ]
 
@@ -120,3 +127,64 @@ def train_steps(trainer: Any, epoch: int = 0) -> Any:
     for x, y in trainer.loader.epoch(epoch):
         trainer.train_step(x, y, stats)
     return stats
+
+
+#: the smallest run that exercises everything (``quick_train`` is the setting where training visibly works)
+TINY_ARGS = (
+    "--backbone", "small_cnn", "--dataset", "synthetic", "--attack", "none", "--loss", "ce",
+    "--set", "dataset.n_train=64", "--set", "dataset.n_test=32", "--epochs", "1",
+    "--eval-n", "32", "--eval-steps", "1", "--batch-size", "32", "--device", "cpu", "--quiet",
+)  # fmt: skip
+
+
+class Payload:
+    """A live pickle payload for tests that prove nothing is unpickled: unpickling it calls
+    ``pathlib.Path.touch(marker)``, where any other code could run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[Path]]:
+        return (Path.touch, (self.marker,))
+
+
+def torch_pickle(path: Path, marker: Path, key: str = "weight") -> Path:
+    """A ``torch.save`` file (zip + pickle) whose "state dict" carries a :class:`Payload` under ``key``."""
+    import torch
+
+    torch.save({key: Payload(marker)}, path)
+    return path
+
+
+def raw_pickle(path: Path, marker: Path) -> Path:
+    """A plain pickle of a :class:`Payload`."""
+    import pickle
+
+    path.write_bytes(pickle.dumps(Payload(marker)))
+    return path
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> str:
+    """Assert a command ended with exit code 2 and exactly one stderr line ``error: ...`` holding every needle."""
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+@dataclass(frozen=True)
+class FakeEntryPoint:
+    """An ``energyat`` entry point of a distribution that is not installed (its module is importable
+    from a folder the test adds to ``sys.path``), for tests of plugin loading."""
+
+    name: str
+    value: str
+    dist: Any
+    group: str = "energyat"
+
+    def load(self) -> Any:
+        import importlib
+
+        return importlib.import_module(self.value)

@@ -4,7 +4,9 @@
 (:mod:`energyat_core.build`), trains epoch by epoch, evaluates on a held-out subset after
 each epoch, logs ``metrics.jsonl`` (:mod:`energyat_core.run_dir`) and checkpoints
 (:mod:`energyat_core.training_state`), so that :meth:`Trainer.resume` continues a killed
-run exactly where its last completed epoch left it.
+run exactly where its last completed epoch left it. A run that replaces another
+(``--overwrite``) writes into a :class:`~energyat_core.run_dir.Staging` directory, swapped
+in for the old run once its first checkpoint is written.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from energyat_core.precision import autocast, resolve_device, resolve_precision
 from energyat_core.progress import training_progress
 from energyat_core.registry import Registry
 from energyat_core.run_config import RunConfig
-from energyat_core.run_dir import append_metrics, truncate_metrics, write_config
+from energyat_core.run_dir import STATE_FILE, Staging, truncate_metrics, write_config
 from energyat_core.schedules import lr_at
 from energyat_core.summary import epoch_line, summary
 from energyat_core.training_state import Counters, Trainable, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -57,9 +59,12 @@ class Trainer:
         console: Console | None = None,
         *,
         quiet: bool = False,
+        staging: Staging | None = None,
     ) -> None:
         self.cfg = cfg
-        self.run_dir = Path(run_dir)
+        #: where the run writes: ``run_dir``, or the staging directory until the first checkpoint
+        self.run_dir = staging.path if staging is not None else Path(run_dir)
+        self.staging = staging
         self.console = console or Console()
         self.dist = distributed.from_environment()
         self.quiet = quiet or not self.dist.is_main  # only rank 0 talks and writes
@@ -114,16 +119,27 @@ class Trainer:
         return autocast(self.device, self.precision)
 
     # -- checkpoints --------------------------------------------------------------------
-    def save(self, best: bool) -> None:
-        """Checkpoint the completed epoch. Called on every rank (their RNG states are gathered); rank 0 writes."""
+    def save(self, best: bool, record: dict[str, Any]) -> None:
+        """Checkpoint the completed epoch with its metrics ``record``; the first one of a staged run swaps it in.
+
+        Called on every rank (their RNG states are gathered); rank 0 writes.
+        """
         rngs = distributed.gather_objects(rng_state(self.device), self.dist)
-        if self.dist.is_main:
-            save_checkpoint(self.run_dir, self.cfg, self.data, self.trainable, self.counters, rngs, best=best)
+        if not self.dist.is_main:
+            return
+        save_checkpoint(
+            self.run_dir, self.cfg, self.data, self.trainable, self.counters, rngs, best=best, record=record
+        )
+        if self.staging is not None:
+            self.staging.commit()
+            self.run_dir = self.ctx.run_dir = self.staging.target
+            self.staging = None
 
     def resume(self) -> None:
-        """Restore the last completed epoch from the run directory's training state."""
-        self.counters, rngs = load_checkpoint(self.run_dir, self.trainable, self.device)
-        set_rng_state(rngs[self.dist.rank] if len(rngs) == self.dist.world_size else rngs[0], self.device)
+        """Restore the last completed epoch from the run directory's training state (none: start at epoch 0)."""
+        if (self.run_dir / STATE_FILE).exists():
+            self.counters, rngs = load_checkpoint(self.run_dir, self.trainable, self.device)
+            set_rng_state(rngs[self.dist.rank] if len(rngs) == self.dist.world_size else rngs[0], self.device)
         if self.dist.is_main:
             truncate_metrics(self.run_dir, self.epoch)
 
@@ -159,9 +175,7 @@ class Trainer:
         }
         best = evals["robust_acc"] > self.counters.best_robust
         self.counters.best_robust = max(self.counters.best_robust, evals["robust_acc"])
-        self.save(best)
-        if self.dist.is_main:
-            append_metrics(self.run_dir, record)
+        self.save(best, record)
         if not self.quiet:
             self.console.print(epoch_line(record, self.cfg.eval_steps))
         return record
@@ -250,9 +264,17 @@ class Trainer:
         if not math.isfinite(loss_sum):
             raise NonFiniteError(
                 f"the training loss became non-finite at epoch {self.epoch + 1}, step {self.counters.step}; "
-                f"the last good checkpoint (epoch {self.epoch}) is kept in '{self.run_dir}'",
-                "lower --lr, use --precision fp32, or check the loss options; then continue with --resume",
+                + self._kept(self.epoch),
+                "lower --lr, use --precision fp32, or check the loss options; then train again with --overwrite",
             )
+
+    def _kept(self, epoch: int) -> str:
+        """What a failure leaves, when ``epoch`` epochs are checkpointed."""
+        if self.staging is not None:
+            return f"no checkpoint of the new run was written and the old run in '{self.staging.target}' is untouched"
+        if epoch == 0:
+            return f"no checkpoint was written in '{self.run_dir}'"
+        return f"the last good checkpoint (epoch {epoch}) is kept in '{self.run_dir}'"
 
     # -- evaluation -------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -277,8 +299,7 @@ class Trainer:
         for key, value in evals.items():
             if not math.isfinite(value):
                 raise NonFiniteError(
-                    f"evaluation gave a non-finite {key} after epoch {self.epoch}; "
-                    f"the last good checkpoint (epoch {self.epoch - 1}) is kept in '{self.run_dir}'",
-                    "lower --lr or use --precision fp32, then --resume",
+                    f"evaluation gave a non-finite {key} after epoch {self.epoch}; " + self._kept(self.epoch - 1),
+                    "lower --lr or use --precision fp32, then train again with --overwrite",
                 )
         return evals

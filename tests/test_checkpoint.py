@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -46,6 +48,15 @@ def test_atomic_save_leaves_no_temporary_and_keeps_old_file_on_failure(tmp_path,
     with pytest.raises(OSError):
         ckpt.save_model(path, _model(), {"epoch": 2})
     assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+def test_atomic_save_writes_with_the_umask_permissions(tmp_path):
+    path = tmp_path / "model.safetensors"
+    ckpt.save_model(path, _model(), {"epoch": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # not the 0600 of a temporary file
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
 
 

@@ -112,6 +112,22 @@ def test_bad_training_input_is_one_line(cli, tmp_path, args, needles):
     _one_line_error(code, err, *needles)
 
 
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (("--batch-size", "0"), ("--batch-size must be >= 1, got 0", "e.g. --batch-size 256")),
+        (("--n", "-5"), ("--n must be >= 0, got -5",)),
+        (("--eps", "2"), ("--eps must be in [0, 1] for --norm linf, got '2'",)),
+        (("--eps", "-1", "--norm", "l2"), ("--eps must be >= 0, got '-1'",)),
+        (("--eps", "lots"), ("--eps expects a number, got 'lots'",)),
+    ],
+)
+def test_bad_eval_numbers_are_one_line(cli, trained, tmp_path, args, needles):
+    code, _, err = cli("eval", trained, *args, "--out", tmp_path / "eval.json")
+    _one_line_error(code, err, *needles)
+    assert not (tmp_path / "eval.json").exists()
+
+
 def test_bad_checkpoints_are_one_line(cli, trained, tmp_path):
     bad = tmp_path / "truncated.safetensors"
     bad.write_bytes((trained / "model.safetensors").read_bytes()[:1000])

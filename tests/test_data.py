@@ -23,6 +23,7 @@ from energyat_core.data import (
 )
 from energyat_core.data import image_files as image_files_module
 from energyat_core.data import imagefolder as imagefolder_module
+from energyat_core.data.image_files import decode_file
 from energyat_core.errors import ConfigError, DataError
 from energyat_core.options import build_config
 
@@ -395,6 +396,47 @@ def test_imagefolder_errors(tmp_path):
     (root / "train" / "a_cat" / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(DataError, match=r"cannot decode image file .*broken\.png.*remove or replace"):
         ImageFolder().load(str(root))
+
+
+def test_one_class_folder_is_a_data_error_with_a_fix(tmp_path):
+    root = make_folder(tmp_path / "one", classes={"only": (1, 2, 3)})
+    with pytest.raises(DataError, match="one class folder \\('only'\\); a classifier needs at least two") as err:
+        ImageFolder().load(str(root))
+    assert "bug" not in str(err.value) and "add a folder" in str(err.value)
+    with pytest.raises(DataError, match="has 1 class; a classifier needs at least 2") as err:
+        tiny_data(num_classes=1, classes=["a"], train_y=torch.zeros(6, dtype=torch.int64)).validate()
+    assert "bug" not in str(err.value)
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
+    values = np.array([[0, 128, 255, 256, 1000, 32768, 65280, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode == "I;16"  # Pillow's convert("RGB") would clip it
+    decoded = decode_file(tmp_path / "grey16.png", None)
+    expected = np.round(values.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    assert decoded.shape == (1, 8, 3) and decoded.dtype == np.uint8
+    for channel in range(3):
+        np.testing.assert_array_equal(decoded[..., channel], expected)
+    assert decoded[0, :, 0].tolist() == [0, 0, 1, 1, 4, 128, 254, 255]
+    # 16-bit PGM (Pillow mode I) likewise; 32-bit and floating-point images have no fixed range
+    (tmp_path / "grey16.pgm").write_bytes(b"P5\n8 1\n65535\n" + values.astype(">u2").tobytes())
+    np.testing.assert_array_equal(decode_file(tmp_path / "grey16.pgm", None)[..., 0], expected)
+    Image.fromarray(np.full((4, 4), 1 << 20, dtype=np.int32)).save(tmp_path / "wide.tif")
+    with pytest.raises(DataError, match=r"wide\.tif has 32-bit pixels"):
+        decode_file(tmp_path / "wide.tif", None)
+    Image.fromarray(np.zeros((4, 4), dtype=np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(DataError, match=r"float\.tif has floating-point pixels"):
+        decode_file(tmp_path / "float.tif", None)
+
+
+def test_decompression_bombs_are_refused(tmp_path, monkeypatch):
+    write_png(tmp_path / "big.png", (1, 2, 3), size=(40, 40))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1600 pixels: Pillow warns (over 2000 it raises)
+    with pytest.raises(DataError, match=r"big\.png claims more than 1000 pixels"):
+        decode_file(tmp_path / "big.png", None)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(DataError, match=r"big\.png claims more than 100 pixels"):
+        decode_file(tmp_path / "big.png", None)
 
 
 # ---------------------------------------------------------------- CIFAR-10

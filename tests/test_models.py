@@ -260,12 +260,12 @@ def test_timm_pretrained_file_missing(tmp_path):
 def test_timm_pretrained_file_unreadable_or_unrelated(tmp_path):
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not a safetensors file")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="is not a safetensors file of pretrained weights"):
         TimmBackbone(TimmBackbone.Config(model="resnet18", pretrained_file=str(garbage))).build(10)
 
     garbage_pth = tmp_path / "garbage.pth"
     garbage_pth.write_bytes(b"\x00\x01 nonsense")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="is not a weights-only torch file of pretrained weights"):
         TimmBackbone(TimmBackbone.Config(model="resnet18", pretrained_file=str(garbage_pth))).build(10)
 
     unrelated = tmp_path / "unrelated.pth"

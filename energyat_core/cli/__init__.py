@@ -1,22 +1,31 @@
 """The ``energyat`` command line (Typer).
 
 Core commands live in the modules of this package; plugins add their own through the
-``register_commands(app)`` hook. Every :class:`~energyat_core.errors.EnergyATError` ends
-the program with one line ``error: <problem> — <fix>`` and exit code 2.
+``register_commands(app)`` hook.
+
+:func:`main` is the one error boundary: a command ends with its result or with one line
+``error: <problem> — <fix>`` and exit code 2, whatever it raised
+(:func:`~energyat_core.errors.as_user_error` translates OS, JSON, PIL and other errors).
+``energyat --debug COMMAND`` or ``ENERGYAT_DEBUG=1`` lets the exception through, with its
+traceback. Usage errors keep click's own message; Ctrl-C keeps its own line.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import warnings
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from energyat_core.errors import EnergyATError
+from energyat_core.errors import as_user_error
 from energyat_core.registry import disabled_for_command
 
 DISABLE_FLAG = "--disable-plugins"
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "ENERGYAT_DEBUG"
 
 
 def _disable_from_argv(argv: list[str]) -> str | None:
@@ -27,6 +36,27 @@ def _disable_from_argv(argv: list[str]) -> str | None:
         if arg.startswith(DISABLE_FLAG + "="):
             return arg.split("=", 1)[1]
     return None
+
+
+def _debug(argv: list[str]) -> bool:
+    """``--debug`` among the root options (before the command), or ``ENERGYAT_DEBUG=1``."""
+    if os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        if argv[i] == DEBUG_FLAG:
+            return True
+        i += 2 if argv[i] == DISABLE_FLAG else 1
+    return False
+
+
+def _decompression_bombs_are_errors() -> None:
+    """PIL only warns about an image between 1x and 2x its pixel limit; make that an error too."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 
 def build_app(disable: str | None = None) -> typer.Typer:
@@ -51,6 +81,11 @@ def build_app(disable: str | None = None) -> typer.Typer:
             help="Comma-separated plugins (entry-point or distribution names) not to load; "
             "also ENERGYAT_DISABLE_PLUGINS.",
         ),
+        debug: bool = typer.Option(
+            False,
+            DEBUG_FLAG,
+            help=f"Show the traceback of an error instead of one line (for bug reports); also {DEBUG_ENV}=1.",
+        ),
     ) -> None:
         """energyat: adversarial training seen through energy-based models."""
 
@@ -64,17 +99,28 @@ def build_app(disable: str | None = None) -> typer.Typer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``energyat`` console script."""
+    """Entry point of the ``energyat`` console script, and the CLI's one error boundary."""
     argv = list(sys.argv[1:] if argv is None else argv)
     err = Console(stderr=True)
+    debug = _debug(argv)
     try:
-        disable = _disable_from_argv(argv)
-        with disabled_for_command(disable):
-            app = build_app(disable)
-            app(args=argv, prog_name="energyat", standalone_mode=True)
-    except EnergyATError as e:
-        err.print(f"[bold red]error:[/] {escape(e.line())}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        with warnings.catch_warnings():
+            _decompression_bombs_are_errors()
+            disable = _disable_from_argv(argv)
+            with disabled_for_command(disable):
+                app = build_app(disable)
+                app(args=argv, prog_name="energyat", standalone_mode=True)
     except KeyboardInterrupt:
-        err.print("interrupted; a run can continue with `energyat train --resume RUN_DIR`")
+        err.print(
+            "interrupted; a run that wrote a checkpoint continues with `energyat train --resume RUN_DIR` "
+            "(an --overwrite stopped before its first checkpoint left the old run as it was)"
+        )
         sys.exit(130)
+    except SystemExit:  # click's own exits: --help, usage errors, a command's exit code
+        raise
+    except BaseException as e:  # noqa: BLE001 - the one boundary: every other error is one line
+        if debug:
+            raise
+        line = " ".join(as_user_error(e).line().splitlines())
+        err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        sys.exit(2)

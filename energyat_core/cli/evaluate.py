@@ -9,6 +9,7 @@ import torch
 import typer
 from rich.console import Console
 
+from energyat_core.cli.flags import at_least
 from energyat_core.components import RunContext
 from energyat_core.errors import ConfigError
 from energyat_core.evaluation import batched, predict, report
@@ -38,8 +39,12 @@ def evaluate(
     dataset: str = typer.Option(None, "--dataset", help="Dataset to evaluate on (default: the run's)."),
     data_dir: str = typer.Option(None, "--data-dir", help="Where the dataset is read from."),
     checkpoint: str = typer.Option("model", "--checkpoint", help="model (last epoch) or best (best PGD epoch)."),
-    n: int = typer.Option(1000, "--n", help="Number of test images (the first N; 0 = all)."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Evaluation batch size."),
+    n: int = typer.Option(
+        1000, "--n", help="Number of test images (the first N; 0 = all); >= 0.", callback=at_least(0, "--n", 1000)
+    ),
+    batch_size: int = typer.Option(
+        256, "--batch-size", help="Evaluation batch size; >= 1.", callback=at_least(1, "--batch-size", 256)
+    ),
     eps: str = typer.Option(None, "--eps", help="Threat radius, e.g. 8/255 (default: the run's)."),
     norm: str = typer.Option(None, "--norm", help="linf or l2 (default: the run's)."),
     evaluator: list[str] = typer.Option(
@@ -86,12 +91,12 @@ def evaluate(
     else:
         raise ConfigError("nothing to evaluate", "give a RUN_DIR, or --weights FILE --backbone NAME --dataset NAME")
     cfg = run.cfg
-    eps_value = parse_number(eps) if eps is not None else cfg.eps
     norm_value = norm or cfg.norm
     if norm_value not in ("linf", "l2"):
         raise ConfigError(f"unknown --norm '{norm_value}'", "use linf or l2")
+    eps_value = _eps(eps, norm_value) if eps is not None else cfg.eps
 
-    count = len(run.data.test_y) if n <= 0 else min(n, len(run.data.test_y))
+    count = len(run.data.test_y) if n == 0 else min(n, len(run.data.test_y))
     x = (run.data.test_x[:count].float() / 255).to(dev)
     y = run.data.test_y[:count].to(dev)
     model = run.model.eval()
@@ -157,6 +162,19 @@ def evaluate(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     console.print(f"wrote {path}")
+
+
+def _eps(text: str, norm: str) -> float:
+    """``--eps`` as a number: a fraction such as 8/255 or a decimal, in [0, 1] for L-inf, >= 0 for L2."""
+    try:
+        value = parse_number(text)
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"--eps expects a number, got {text!r}", "e.g. --eps 8/255") from None
+    high = 1.0 if norm == "linf" else float("inf")
+    if not 0 <= value <= high:  # also refuses nan
+        rule = "in [0, 1] for --norm linf" if norm == "linf" else ">= 0"
+        raise ConfigError(f"--eps must be {rule}, got {text!r}", "e.g. --eps 8/255")
+    return value
 
 
 def build_evaluators(registry, specs: list[str], options: dict[str, str]) -> list:

@@ -27,17 +27,35 @@ def add_commands(app: typer.Typer) -> None:
 
 
 def plugins() -> None:
-    """List installed plugins: distribution, version, what each registers, load errors."""
+    """List installed plugins: distribution, version, what each registers, load errors.
+
+    The table says ``ok``, ``disabled``, ``failed`` (not loaded) or ``N skipped`` (loaded, some
+    registrations refused); every error follows the table whole, one line each, so that no
+    terminal width cuts it.
+    """
     registry = get_registry()
+    console = Console()
     rows = []
     for p in registry.plugins:
-        status = "disabled" if p.disabled else ("[red]" + "; ".join(p.errors) + "[/]" if p.errors else "[green]ok[/]")
-        rows.append((p.name, p.distribution, p.version, _grouped(p.registered), status))
+        rows.append((p.name, p.distribution, p.version, _grouped(p.registered), _status(p)))
     listing = table("energyat plugins", ["plugin", "distribution", "version", "registers", "status"], rows)
-    for column in listing.columns[:2]:  # names stay whole (and greppable); long load errors wrap
+    for column in listing.columns[:2]:  # names stay whole (and greppable)
         column.no_wrap = True
-    listing.columns[4].min_width = 8
-    Console().print(listing)
+    listing.columns[4].min_width = 9
+    console.print(listing)
+    for p in registry.plugins:
+        for error in p.errors:
+            console.print(f"[red]{escape(p.name)}[/] ({escape(p.distribution)}): {escape(error)}", soft_wrap=True)
+
+
+def _status(p) -> str:
+    if p.disabled:
+        return "disabled"
+    if not p.loaded:
+        return "[red]failed[/]"
+    if p.errors:
+        return f"[yellow]{len(p.errors)} skipped[/]"
+    return "[green]ok[/]"
 
 
 def _grouped(registered: list[str]) -> str:

@@ -8,6 +8,7 @@ import torch
 import typer
 from rich.console import Console
 
+from energyat_core.cli.flags import at_least
 from energyat_core.errors import EnergyATError, RunDirError
 from energyat_core.evaluation import eps_text
 from energyat_core.precision import resolve_device
@@ -24,13 +25,19 @@ def add_commands(app: typer.Typer) -> None:
 def plot(
     run_dir: Path = typer.Argument(..., help="Run directory written by `energyat train`."),
     out: Path = typer.Option(None, "--out", help="Where the PNGs go (default: RUN_DIR/plots)."),
-    n: int = typer.Option(500, "--n", help="Test images of the energy histogram (the first N; 0 = all)."),
-    steps: int = typer.Option(10, "--steps", help="PGD steps of the histogram's adversarial images."),
+    n: int = typer.Option(
+        500, "--n", help="Test images of the energy histogram (the first N; 0 = all).", callback=at_least(0, "--n", 500)
+    ),
+    steps: int = typer.Option(
+        10, "--steps", help="PGD steps of the histogram's adversarial images.", callback=at_least(0, "--steps", 10)
+    ),
     checkpoint: str = typer.Option("model", "--checkpoint", help="model (last epoch) or best (best PGD epoch)."),
     histogram: bool = typer.Option(
         True, "--histogram/--no-histogram", help="Also draw the histogram of per-sample energies (needs the model)."
     ),
-    batch_size: int = typer.Option(256, "--batch-size", help="Batch size of the histogram's attack."),
+    batch_size: int = typer.Option(
+        256, "--batch-size", help="Batch size of the histogram's attack.", callback=at_least(1, "--batch-size", 256)
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     seed: int = typer.Option(0, "--seed", help="Seed of the attack's random start."),
 ) -> None:

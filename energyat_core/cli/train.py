@@ -9,8 +9,10 @@ as given, which converts and validates them once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
+import json
 import time
 import typing
 from pathlib import Path
@@ -20,12 +22,13 @@ import typer
 from rich.console import Console
 
 from energyat_core import distributed
+from energyat_core.cli.flags import at_least
 from energyat_core.errors import ConfigError, RunDirError
 from energyat_core.kinds import RUN_KINDS
 from energyat_core.options import resolved_types, rule_text
 from energyat_core.registry import get_registry
 from energyat_core.run_config import RunConfig, compose, setting_fields
-from energyat_core.run_dir import CONFIG_FILE, STATE_FILE, prepare_run_dir
+from energyat_core.run_dir import CONFIG_FILE, RunLock, check_out, clean_leftovers, prepare_run_dir
 from energyat_core.trainer import Trainer
 
 
@@ -124,8 +127,8 @@ def _fixed_params() -> list[inspect.Parameter]:
             typer.Option(
                 None,
                 "--resume",
-                help="Continue the run in this directory from its last completed epoch "
-                "(all other flags come from its config).",
+                help="Continue the run in this directory from its last completed epoch with its config; "
+                "only --epochs (to extend it) and --device may change.",
             ),
         ),
         p("overwrite", bool, typer.Option(False, "--overwrite", help="Replace a run already in --out.")),
@@ -135,6 +138,7 @@ def _fixed_params() -> list[inspect.Parameter]:
             typer.Option(
                 None,
                 "--stop-after",
+                callback=at_least(1, "--stop-after", 1),
                 help="Stop after this many epochs of this invocation (e.g. to fit a job slot); "
                 "continue later with --resume.",
             ),
@@ -185,47 +189,101 @@ def run(
     stop_after: int | None = None,
     quiet: bool = False,
 ) -> None:
-    """What ``energyat train`` does with its parsed flags."""
+    """What ``energyat train`` does with its parsed flags.
+
+    The run directory's rules (one writer, nothing replaced before the new run's first
+    checkpoint, no litter) are :mod:`energyat_core.run_dir`'s; here they are applied in
+    order: lock, clean up after a killed writer, decide where to write, build, train.
+    """
     registry = get_registry()
     console = Console()
     if resume is not None:
-        _resume(registry, console, resume, stop_after=stop_after, quiet=quiet)
+        _check_resume_flags(flags, set_=set_, config=config, out=out, overwrite=overwrite)
+        _resume(registry, console, resume, flags, stop_after=stop_after, quiet=quiet)
         return
     cfg = compose(registry, config_file=config, flags=flags, sets=list(set_ or []))
     info = distributed.from_environment()
     if out is None and info.enabled:
         raise ConfigError("--out is required under torchrun", "name the run directory, e.g. --out runs/ddp")
     run_dir = out or Path("runs") / f"{cfg.method or cfg.spec('attack')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if info.is_main:  # the other ranks never write into the run directory
-        prepare_run_dir(run_dir, cfg, resume=False, overwrite=overwrite)
-    trainer = Trainer(cfg, run_dir, registry, console, quiet=quiet)
-    if not quiet:
-        parts = ", ".join(f"{kind} {part.name}" for kind, part in cfg.parts.items())
-        console.print(
-            f"training [bold]{cfg.method or 'custom'}[/]: {parts} on {trainer.device} ({trainer.precision})"
-            f" -> {run_dir}"
-        )
-    trainer.fit(stop_after)
+    check_out(run_dir)
+    with contextlib.ExitStack() as stack:
+        staging = None
+        if info.is_main:  # the other ranks never write into the run directory
+            stack.enter_context(RunLock(run_dir))
+            clean_leftovers(run_dir)
+            staging = prepare_run_dir(run_dir, cfg, overwrite=overwrite)
+        if staging is not None:  # the new run is built and trained beside the old one until its first checkpoint
+            stack.callback(staging.discard)
+            staging.begin()
+        trainer = Trainer(cfg, run_dir, registry, console, quiet=quiet, staging=staging)
+        if not quiet:
+            parts = ", ".join(f"{kind} {part.name}" for kind, part in cfg.parts.items())
+            replacing = " (replacing the run there after the first epoch)" if staging is not None else ""
+            console.print(
+                f"training [bold]{cfg.method or 'custom'}[/]: {parts} on {trainer.device} ({trainer.precision})"
+                f" -> {run_dir}{replacing}"
+            )
+        trainer.fit(stop_after)
     distributed.shutdown(trainer.dist)
 
 
-def _resume(registry: Any, console: Console, run_dir: Path, *, stop_after: int | None, quiet: bool) -> None:
-    import json
+#: the settings a resume may change: extend a run (--epochs), move it to another device (--device)
+RESUME_SETTINGS = ("epochs", "device")
 
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.exists():
-        raise RunDirError(
-            f"'{run_dir}' holds no run to resume (no {CONFIG_FILE})",
-            "give the run directory of an earlier `energyat train`",
+
+def _check_resume_flags(
+    flags: dict[str, Any], *, set_: list[str] | None, config: str | None, out: Path | None, overwrite: bool
+) -> None:
+    """``--resume`` continues a run with its own config: only --epochs and --device may change."""
+    given = [flag_name(k) for k, v in flags.items() if v is not None and k not in RESUME_SETTINGS]
+    given += [flag for flag, value in (("--set", set_), ("--config", config), ("--out", out)) if value]
+    given += ["--overwrite"] if overwrite else []
+    if given:
+        raise ConfigError(
+            f"--resume continues a run with the config it was started with; {', '.join(given)} cannot change it",
+            "drop them (with --resume only --epochs, --device, --stop-after and --quiet apply), "
+            "or start a new run with --out",
         )
-    cfg = RunConfig.from_dict(json.loads(config_path.read_text()), registry)
-    trainer = Trainer(cfg, run_dir, registry, console, quiet=quiet)
-    if (run_dir / STATE_FILE).exists():
+
+
+def _resume(
+    registry: Any, console: Console, run_dir: Path, flags: dict[str, Any], *, stop_after: int | None, quiet: bool
+) -> None:
+    no_run = RunDirError(
+        f"'{run_dir}' holds no run to resume (no {CONFIG_FILE})",
+        "give the run directory of an earlier `energyat train`",
+    )
+    if not run_dir.parent.is_dir() or (run_dir.exists() and not run_dir.is_dir()):
+        raise no_run
+    info = distributed.from_environment()
+    with contextlib.ExitStack() as stack:
+        if info.is_main:
+            stack.enter_context(RunLock(run_dir))
+            clean_leftovers(run_dir)
+        config_path = run_dir / CONFIG_FILE
+        if not config_path.is_file():
+            raise no_run
+        try:
+            document = json.loads(config_path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise RunDirError(
+                f"cannot read the run's config '{config_path}' ({err})",
+                "restore config.json (model.safetensors holds a copy in its metadata), or start a new run",
+            ) from None
+        if not isinstance(document, dict):
+            raise RunDirError(f"'{config_path}' is not a run config", "restore it, or start a new run")
+        changes = {k: flags[k] for k in RESUME_SETTINGS if flags.get(k) is not None}
+        cfg = RunConfig.from_dict({**document, **changes}, registry)
+        trainer = Trainer(cfg, run_dir, registry, console, quiet=quiet)
         trainer.resume()
-    if trainer.epoch >= cfg.epochs:
-        console.print(f"run '{run_dir}' is already complete ({trainer.epoch}/{cfg.epochs} epochs)")
-        return
-    if not quiet:
-        console.print(f"resuming '{run_dir}' after epoch {trainer.epoch}")
-    trainer.fit(stop_after)
+        if trainer.epoch >= cfg.epochs:
+            console.print(
+                f"run '{run_dir}' is already complete ({trainer.epoch}/{cfg.epochs} epochs); "
+                f"--resume {run_dir} --epochs N with N > {trainer.epoch} trains it further"
+            )
+            return
+        if not quiet:
+            console.print(f"resuming '{run_dir}' after epoch {trainer.epoch}")
+        trainer.fit(stop_after)
     distributed.shutdown(trainer.dist)

@@ -75,7 +75,11 @@ class ImageData:
         what = f"dataset '{self.name}'"
         fix = "this is a bug in the dataset's loader; report it with the dataset name"
         if self.num_classes < 2:
-            raise DataError(f"{what} has {self.num_classes} classes, at least 2 are needed", fix)
+            raise DataError(
+                f"{what} has {self.num_classes} class{'' if self.num_classes == 1 else 'es'}; a classifier needs at "
+                "least 2",
+                "give the dataset images of at least two classes",
+            )
         if len(self.classes) != self.num_classes:
             raise DataError(f"{what} names {len(self.classes)} classes but has num_classes={self.num_classes}", fix)
         shape: tuple[int, ...] | None = None

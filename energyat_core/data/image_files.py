@@ -12,8 +12,10 @@ uses them is :class:`energyat_core.data.imagefolder.ImageFolder`.
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,18 +77,56 @@ def file_summary(root: Path, files: list[tuple[Path, int]]) -> list[tuple[str, i
 
 
 def decode_file(path: Path, image_size: int | None) -> np.ndarray:
-    """One image as a uint8 array (H, W, 3); DataError naming the file if it cannot be read."""
+    """One image as a uint8 array (H, W, 3); DataError naming the file if it cannot be read.
+
+    16-bit images are read at full depth and scaled to 8 bits (``round(v * 255 / 65535)``),
+    not clipped; images larger than Pillow's ``MAX_IMAGE_PIXELS`` (decompression bombs)
+    and floating-point or 32-bit images are refused.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")
-            if image_size is not None and rgb.size != (image_size, image_size):
-                rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                rgb = _to_rgb(im, path)
+                if image_size is not None and rgb.size != (image_size, image_size):
+                    rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+                return np.asarray(rgb, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(
+            f"image file {path} claims more than {Image.MAX_IMAGE_PIXELS} pixels (a decompression bomb?)",
+            "remove the file, or shrink the image if it is genuine",
+        ) from None
+    except DataError:
+        raise
+    except Exception as err:  # a damaged or hostile file can make any decoder fail in any way
+        if isinstance(err, UnidentifiedImageError):
+            reason = "not an image format Pillow reads"  # its message only repeats the path
+        else:
+            reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
         raise DataError(f"cannot decode image file {path} ({reason})", "remove or replace the file") from None
+
+
+#: Pillow modes of one 16-bit channel (PNG, TIFF); ``I`` (32-bit) is read as 16-bit when its values fit
+MODES_16BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _to_rgb(im: Any, path: Path) -> Any:
+    """``im`` as an 8-bit RGB Pillow image; 16-bit greyscale scaled, not clipped (``convert`` would clip)."""
+    from PIL import Image
+
+    if im.mode not in (*MODES_16BIT, "I", "F"):
+        return im.convert("RGB")
+    values = np.asarray(im)
+    if im.mode == "F" or values.min(initial=0) < 0 or values.max(initial=0) > 65535:
+        kind = "floating-point" if im.mode == "F" else "32-bit"
+        raise DataError(
+            f"image file {path} has {kind} pixels (Pillow mode {im.mode}), which have no fixed range",
+            "convert it to an 8- or 16-bit image",
+        )
+    grey = ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2)))
 
 
 def _decode_chunk(paths: list[Path], image_size: int | None) -> list[np.ndarray] | DataError:

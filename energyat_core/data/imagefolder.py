@@ -102,6 +102,11 @@ class ImageFolder(Dataset):
         if not root.is_dir():
             raise DataError(f"image folder {root} does not exist", f"pass --dataset imagefolder:PATH with {LAYOUT}")
         classes, train_files = list_split(root, "train")
+        if len(classes) < 2:
+            raise DataError(
+                f"{root / 'train'} holds one class folder ('{classes[0]}'); a classifier needs at least two",
+                f"add a folder of images for every other class under train/ and test/ ({LAYOUT})",
+            )
         test_classes, test_files = list_split(root, "test")
         if classes != test_classes:
             only_train = sorted(set(classes) - set(test_classes))

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from energyat_core.checkpoint import read_weights_only
 from energyat_core.components import Backbone
 from energyat_core.errors import CheckpointError, ConfigError
 from energyat_core.options import option
@@ -83,20 +84,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     fix = "pass an existing local .safetensors, .pth or .bin file to --set backbone.pretrained_file=..."
     if not file.is_file():
         raise CheckpointError(f"pretrained file '{file}' does not exist", fix)
-    try:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            raw: Any = load_file(str(file), device="cpu")
-        else:
-            raw = torch.load(str(file), map_location="cpu", weights_only=True)
-    except Exception as err:  # safetensors, pickle and zip errors have no common base
-        kind = "safetensors" if file.suffix == ".safetensors" else "torch (weights_only)"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"cannot read pretrained file '{file}' as a {kind} state dict: {reason}",
-            "check the file is complete and is a plain state dict (.safetensors, or .pth/.bin of tensors)",
-        ) from None
+    raw = read_weights_only(file, "pretrained weights")
     state = _unwrap(raw)
     if state is None:
         raise CheckpointError(

@@ -191,7 +191,13 @@ def check_class_count(path: Path, npz: np.lib.npyio.NpzFile, num_classes: int) -
     for key in ("num_classes", "classes"):
         if key not in npz.files:
             continue
-        value = npz[key]
+        try:
+            value = npz[key]
+        except ValueError as err:  # object arrays need pickle, which is never allowed
+            raise DataError(
+                f"proxy array '{key}' in '{path}' cannot be read ({err})",
+                f"store '{key}' as a plain array (strings or integers), or leave it out",
+            ) from None
         count = int(value) if key == "num_classes" and value.size == 1 else len(value.reshape(-1))
         if count != num_classes:
             raise DataError(
@@ -213,7 +219,7 @@ def uncompressed_copy(path: Path, m: Member, budget_mb: int) -> np.memmap:
     target = folder / f"proxy-{cache_key(str(path.resolve()), st.st_size, st.st_mtime_ns, m.key)}.npy"
     if target.is_file():
         try:
-            cached = np.load(target, mmap_mode="r")
+            cached = np.load(target, mmap_mode="r", allow_pickle=False)
             if cached.shape == m.shape and cached.dtype == m.dtype:
                 return cached
         except (OSError, ValueError):
@@ -245,7 +251,7 @@ def uncompressed_copy(path: Path, m: Member, budget_mb: int) -> np.memmap:
             "re-save it uncompressed with np.savez (not savez_compressed) so that it can be memory-mapped, raise "
             f"--set source.memory_budget_mb, or set {CACHE_DIR_ENV} to a writable folder",
         ) from None
-    return np.load(target, mmap_mode="r")
+    return np.load(target, mmap_mode="r", allow_pickle=False)
 
 
 def load_proxy(

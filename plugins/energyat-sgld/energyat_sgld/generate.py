@@ -120,7 +120,9 @@ def generate(
         None, "--metrics", help="Comma-separated fid,is: FID against the training set and Inception Score."
     ),
     inception_weights: Path = typer.Option(
-        None, "--inception-weights", help="Local InceptionV3 weights file (torch-fidelity's) for machines offline."
+        None,
+        "--inception-weights",
+        help="Local InceptionV3 weights (torch-fidelity's .pth or a .safetensors copy; weights only), for offline use.",
     ),
     real_n: int = typer.Option(0, "--real-n", help="FID: training images in the reference set (0 = all)."),
     per_row: int = typer.Option(10, "--per-row", help="Samples per class row of grid.png."),
@@ -140,7 +142,7 @@ def generate(
     run = load_run(run_dir, which=checkpoint, device=dev)
     model = run.model.eval()
     num_classes = run.data.num_classes
-    if names and real_n <= 0:
+    if "fid" in names and real_n <= 0:
         run.data.require_in_memory("--real-n 0 (FID against every training image)", "pass --real-n N, e.g. 10000")
     judge_run = None
     if judge is not None:
@@ -218,13 +220,15 @@ def generate(
         summary["accuracy"]["judge"] = {"run": str(judge), "checkpoint": judge_run.source, **judged}
     if names:
         assert extractor is not None
-        if run.data.train_files is not None:  # streamed from disk: decode the first real_n training images
+        real = None  # FID's reference set; the Inception Score needs none
+        if "fid" in names and run.data.train_files is not None:  # streamed: decode the first real_n images
             files = run.data.train_files
             real = torch.stack([files[i] for i in range(min(real_n, len(files)))])
-        else:
+        elif "fid" in names:
             real = run.data.train_x if real_n <= 0 else run.data.train_x[:real_n]
         summary["metrics"] = metrics_mod.compute_metrics(all_images, real, names, extractor)
-        summary["metrics"]["real_n"] = int(len(real))
+        if real is not None:
+            summary["metrics"]["real_n"] = int(len(real))
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
 
     if not quiet:

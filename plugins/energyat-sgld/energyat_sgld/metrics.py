@@ -7,18 +7,27 @@ logits [N, K])``. The default one is torch-fidelity's InceptionV3 (the TF-compat
 FID and IS are defined with: 2048-d pool features, 1008 ``logits_unbiased``); tests pass a
 small stand-in network instead, so nothing is downloaded.
 
+Nothing is unpickled: the Inception weights (``--inception-weights FILE`` or torch's hub
+cache) are read here, weights only (safetensors, or ``torch.load(..., weights_only=True)``),
+and handed to torch-fidelity's module, whose own loader (``weights_only=False``) never runs.
+
 torch-fidelity is an optional dependency (``pip install 'energyat-sgld[metrics]'``),
 imported only when metrics are asked for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import torch
 
-from energyat_core.api import EnergyATError
+from energyat_core.api import CheckpointError, EnergyATError, read_weights_only, weights_load_failure
 
 #: where torch-fidelity downloads its InceptionV3 weights from (torch-fidelity 0.4.0)
 INCEPTION_URL = (
@@ -55,43 +64,129 @@ def _fidelity():
     return inception, metric_fid, metric_isc
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:160]
+def inception_cache_file(url: str = INCEPTION_URL) -> Path:
+    """Where torch's hub cache keeps the weights at ``url`` (``$TORCH_HOME/hub/checkpoints/<file name>``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
 
-def inception_extractor(weights: str | Path | None, device: torch.device) -> FeatureExtractor:
-    """torch-fidelity's InceptionV3 as a feature extractor, from a local ``weights`` file or the cache/network.
+def read_inception_weights(path: str | Path, fix: str) -> dict[str, torch.Tensor]:
+    """A state dict of tensors from ``path``, never unpickling anything but tensors.
 
-    Raises :class:`MetricsError` with the fix when the weights are missing and cannot be downloaded.
+    ``.safetensors`` files are read with safetensors; anything else with
+    ``torch.load(..., weights_only=True)`` (torch-fidelity's ``.pth`` file is a plain dict of
+    float32 tensors). Whatever else the file holds is a :class:`MetricsError` with ``fix``.
+    """
+    path = Path(path)
+    try:
+        raw = read_weights_only(path, "InceptionV3 weights")
+    except CheckpointError as err:
+        raise MetricsError(err.problem, fix) from None
+    if not isinstance(raw, dict) or not raw or not all(isinstance(k, str) for k in raw):
+        raise MetricsError(f"'{path}' does not hold a state dict of InceptionV3 weights", fix)
+    for key, value in raw.items():
+        if not isinstance(value, torch.Tensor):
+            raise MetricsError(f"'{path}' holds '{key}', which is not a tensor, among the InceptionV3 weights", fix)
+        if not value.is_floating_point() and not key.endswith("num_batches_tracked"):
+            raise MetricsError(f"InceptionV3 weight '{key}' in '{path}' is {value.dtype}, not floating point", fix)
+    return raw
+
+
+@contextmanager
+def _weights_handed_over(inception: Any, state: dict[str, torch.Tensor]) -> Iterator[list[str]]:
+    """While torch-fidelity builds its InceptionV3, give it ``state`` and let nothing be unpickled.
+
+    torch-fidelity 0.4.0's constructor loads the weights itself, with
+    ``torch.load(path, weights_only=False)`` or ``load_state_dict_from_url`` (the hub cache,
+    unpickled the same way). Built with no path, it calls ``load_state_dict_from_url``, which
+    here hands over the already checked ``state``; ``torch.load`` refuses to run meanwhile, so
+    another version that loads some other way fails instead of unpickling.
+    """
+    calls: list[str] = []
+
+    def hand_over(url: str, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        calls.append(url)
+        return state
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise MetricsError(
+            "this torch-fidelity version loads InceptionV3 weights itself, which energyat does not allow",
+            f"install the tested version: {INSTALL_HINT}",
+        )
+
+    saved_url, saved_load = inception.load_state_dict_from_url, torch.load
+    inception.load_state_dict_from_url, torch.load = hand_over, refuse
+    try:
+        yield calls
+    finally:
+        inception.load_state_dict_from_url, torch.load = saved_url, saved_load
+
+
+def build_inception(inception: Any, state: dict[str, torch.Tensor], source: str | Path, fix: str) -> torch.nn.Module:
+    """torch-fidelity's InceptionV3 (2048-d pool features, ``logits_unbiased``) with the weights ``state``."""
+    try:
+        with _weights_handed_over(inception, state) as calls:
+            net = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"])
+    except MetricsError:
+        raise
+    except Exception as err:  # load_state_dict: missing or unexpected keys, shapes that do not fit
+        raise MetricsError(
+            f"'{source}' is not a usable InceptionV3 weights file ({weights_load_failure(err)})", fix
+        ) from None
+    if len(calls) != 1:
+        raise MetricsError(
+            "this torch-fidelity version did not take the InceptionV3 weights energyat read",
+            f"install the tested version: {INSTALL_HINT}",
+        )
+    return net
+
+
+def _download(url: str, target: Path) -> None:
+    """Download ``url`` to ``target`` (atomically), checking the hash prefix its file name carries."""
+    match = torch.hub.HASH_REGEX.search(target.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    print(f"downloading {url} to {target}", file=sys.stderr)
+    torch.hub.download_url_to_file(url, str(target), match.group(1) if match else None, progress=True)
+
+
+def load_inception(weights: str | Path | None) -> torch.nn.Module:
+    """torch-fidelity's InceptionV3 (on the CPU) with weights from a local ``weights`` file or the cache/network.
+
+    The weights are read here, weights only (:func:`read_inception_weights`), from ``weights``
+    or from torch's hub cache (downloaded there first when missing), and handed to
+    torch-fidelity's module, which never loads a file itself. Raises :class:`MetricsError`
+    with the fix when the weights are missing, cannot be downloaded or are not plain weights.
     """
     inception, _, _ = _fidelity()
     url = getattr(inception, "URL_INCEPTION_V3", INCEPTION_URL)
-    if weights is not None and not Path(weights).is_file():
-        raise MetricsError(
-            f"Inception weights file '{weights}' does not exist",
-            f"download {url} and pass its local path to --inception-weights",
-        )
-    try:
-        net = inception.FeatureExtractorInceptionV3(
-            "inception-v3-compat",
-            ["2048", "logits_unbiased"],
-            feature_extractor_weights_path=str(weights) if weights is not None else None,
-        )
-    except Exception as err:  # URLError, HTTPError, OSError, pickle/state-dict errors: all mean "no usable weights"
-        if weights is not None:
+    if weights is not None:
+        source = Path(weights).expanduser()
+        fix = f"download torch-fidelity's weights from {url} and pass that file to --inception-weights"
+        if not source.exists():
             raise MetricsError(
-                f"'{weights}' is not a usable InceptionV3 weights file ({_first_line(err)})",
-                f"download torch-fidelity's weights from {url} and pass that file to --inception-weights",
-            ) from None
-        hub = Path(torch.hub.get_dir()) / "checkpoints"
-        raise MetricsError(
-            f"the InceptionV3 weights for FID/IS are not on this machine and could not be downloaded "
-            f"({_first_line(err)})",
-            f"download {url} on a machine with network access and pass it with --inception-weights FILE "
-            f"(or copy it into {hub})",
-        ) from None
-    net = net.to(device).eval()
+                f"Inception weights file '{weights}' does not exist",
+                f"download {url} and pass its local path to --inception-weights",
+            )
+        if not source.is_file():
+            raise MetricsError(f"Inception weights '{weights}' is not a file", fix)
+    else:
+        source = inception_cache_file(url)
+        fix = f"delete {source} (it is downloaded again) or pass a good copy with --inception-weights FILE"
+        if not source.is_file():
+            try:
+                _download(url, source)
+            except Exception as err:  # URLError, HTTPError, OSError, hash mismatch: all mean "no weights"
+                raise MetricsError(
+                    f"the InceptionV3 weights for FID/IS are not on this machine and could not be downloaded "
+                    f"({weights_load_failure(err)})",
+                    f"download {url} on a machine with network access and pass it with --inception-weights FILE "
+                    f"(or copy it into {source.parent})",
+                ) from None
+    return build_inception(inception, read_inception_weights(source, fix), source, fix)
+
+
+def inception_extractor(weights: str | Path | None, device: torch.device) -> FeatureExtractor:
+    """:func:`load_inception`'s network on ``device`` as a feature extractor (pool features, logits)."""
+    net = load_inception(weights).to(device).eval()
 
     @torch.no_grad()
     def extract(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -93,17 +93,19 @@ def test_missing_weights_file_is_a_one_line_error(tmp_path):
     assert "does not exist" in line and "--inception-weights" in line and "\n" not in line
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(MetricsError, match="not a usable InceptionV3 weights file"):
+    with pytest.raises(MetricsError, match="is not a weights-only torch file of InceptionV3 weights") as err:
         inception_extractor(bad, torch.device("cpu"))
+    assert "--inception-weights" in err.value.line() and "\n" not in err.value.line()
 
 
-def test_no_network_and_no_cached_weights_says_how_to_fix(monkeypatch):
+def test_no_network_and_no_cached_weights_says_how_to_fix(monkeypatch, tmp_path):
     import torch_fidelity.feature_extractor_inceptionv3 as inception
 
     def offline(*args, **kwargs):
         raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
 
-    monkeypatch.setattr(inception, "load_state_dict_from_url", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(MetricsError) as err:
         inception_extractor(None, torch.device("cpu"))
     line = err.value.line()
