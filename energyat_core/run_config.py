@@ -88,7 +88,7 @@ class RunConfig:
     attack_bn: Literal["eval", "train"] = option("eval", "BatchNorm mode of the model while the training attack runs")
     eval_n: int = option(512, "held-out test images used for the per-epoch clean/robust accuracy", ge=1)
     eval_steps: int = option(10, "PGD steps of the per-epoch robust accuracy (0: clean accuracy only)", ge=0)
-    eps: float = option(8 / 255, "threat-model radius of the per-epoch evaluation", gt=0)
+    eps: float = option(8 / 255, "threat-model radius of the per-epoch evaluation", ge=0)
     norm: Literal["linf", "l2"] = option("linf", "threat model of the per-epoch evaluation")
     max_train: int | None = option(None, "use only the first N training images (quick experiments)", ge=1)
     #: one part per run kind (not a setting: it has flags and tables of its own)

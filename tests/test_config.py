@@ -37,7 +37,7 @@ def test_run_config_rejects_bad_values(registry):
         ("epochs", "0", ">= 1"),
         ("epochs", "-1", ">= 1"),
         ("lr", "-1", "> 0"),
-        ("eps", "-1", "> 0"),
+        ("eps", "-1", ">= 0"),
         ("eval_n", "0", ">= 1"),
         ("milestones", "0.5,1.5", "<= 1"),
     ],
