@@ -11,6 +11,9 @@ Two kinds of file:
 Both are written to a temporary file in the same directory and renamed over the old one,
 so a crash never leaves a half-written checkpoint. What a run saves in them, and when, is
 :mod:`energyat_core.training_state`; where, :mod:`energyat_core.run_dir`.
+
+(Over 300 lines for a reason: every check a file from someone else must pass before a tensor of
+it is used lives next to the format it checks.)
 """
 
 from __future__ import annotations

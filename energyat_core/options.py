@@ -16,6 +16,7 @@ validator: configs are built once, and components receive the built object.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from fractions import Fraction
@@ -245,6 +246,29 @@ def _default_text(f: dataclasses.Field) -> str:
     return "<value>" if default is None else str(default)
 
 
+def plain_text(text: str) -> str:
+    """Docstring text for a terminal: reStructuredText ````x```` and ``:role:`x``` as `x`."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", text)
+    return re.sub(r"``([^`]+)``", r"`\1`", text)
+
+
+def display_value(value: Any) -> str:
+    """A default as a user reads it: ``8/255`` for a radius such as 0.03137..., else ``repr``.
+
+    A float in (0, 1] that is a multiple of 1/255 and no simpler fraction (its denominator
+    has the factor 17 of 255) shows as ``k/255``; 0.2 (= 51/255) stays 0.2. Lists and tuples
+    show item by item.
+    """
+    if isinstance(value, float) and 0 < value <= 1:
+        frac = Fraction(value).limit_denominator(255)
+        if abs(float(frac) - value) < 1e-12 and frac.denominator % 17 == 0:
+            return f"{frac.numerator * (255 // frac.denominator)}/255"
+    if isinstance(value, (list, tuple)) and value:
+        inner = ", ".join(display_value(v) for v in value)
+        return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' if len(value) == 1 else ''})"
+    return repr(value)
+
+
 def describe_fields(config_cls: type) -> list[tuple[str, str, str, str]]:
     """(name, type, default, help) of each option, for tables and docs."""
     hints = resolved_types(config_cls)
@@ -253,14 +277,14 @@ def describe_fields(config_cls: type) -> list[tuple[str, str, str, str]]:
         if "help" not in f.metadata:  # not a setting (e.g. RunConfig.parts)
             continue
         if f.default is not dataclasses.MISSING:
-            default = f.default
+            shown = display_value(f.default)
         elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
+            shown = display_value(f.default_factory())
         else:
-            default = "(required)"
+            shown = repr("(required)")
         kind = type_name(hints[f.name])
         rule = rule_text(f)
-        rows.append((f.name, f"{kind}, {rule}" if rule else kind, repr(default), f.metadata.get("help", "")))
+        rows.append((f.name, f"{kind}, {rule}" if rule else kind, shown, plain_text(f.metadata.get("help", ""))))
     return rows
 
 

@@ -10,12 +10,16 @@ from rich.table import Table
 
 
 def training_progress(console: Console, disable: bool = False) -> Progress:
-    """A progress bar with loss, accuracy and img/s fields (set through ``update(**fields)``)."""
+    """A progress bar with loss, accuracy, img/s and robust (the last epoch's PGD accuracy, a text)
+    fields (set through ``update(**fields)``)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:5.1%}  {task.fields[ips]:,.0f} img/s"),
+        TextColumn(
+            "loss {task.fields[loss]:.4f}  acc {task.fields[acc]:5.1%}  robust {task.fields[robust]}  "
+            "{task.fields[ips]:,.0f} img/s"
+        ),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from energyat_core import catalog
 from energyat_core.components import Component
 from energyat_core.errors import ConfigError
 from energyat_core.kinds import KIND, KINDS, kind_names
@@ -130,6 +131,10 @@ class Registry:
     def _missing(self, kind: str, name: str, known: list[str]) -> ConfigError:
         if (kind, name) in self.contested:
             return ConfigError(*contested(f"{kind} '{name}'", self.contested[(kind, name)]))
+        hint_of_catalog = catalog.missing_hint(kind, name, self.plugins)
+        if hint_of_catalog is not None:
+            problem, fix = hint_of_catalog
+            return ConfigError(problem, f"{fix} (available now: {', '.join(known) or 'none'})")
         hint = f"available: {', '.join(known) or 'none'}; install the plugin that provides it"
         failed = [p.name for p in self.plugins if not p.loaded and not p.disabled]
         if failed:
@@ -148,9 +153,12 @@ class Registry:
         """The preset ``name``, with its ``based_on`` chain resolved."""
         if name not in self.methods:
             if _seen and ("method", name) not in self.contested:
+                known = catalog.missing_hint("method", name, self.plugins)
                 raise ConfigError(
                     f"method '{_seen[-1]}' is based on '{name}', which is not installed",
-                    "install the plugin that provides it (see the preset's plugin dependencies)",
+                    f"{known[0]}; {known[1]}"
+                    if known
+                    else "install the plugin that provides it (see the preset's plugin dependencies)",
                 )
             raise self._missing("method", name, sorted(self.methods))
         method = self.methods[name]

@@ -91,6 +91,12 @@ class RunConfig:
     eps: float = option(8 / 255, "threat-model radius of the per-epoch evaluation", ge=0)
     norm: Literal["linf", "l2"] = option("linf", "threat model of the per-epoch evaluation")
     max_train: int | None = option(None, "use only the first N training images (quick experiments)", ge=1)
+    log: tuple[str, ...] = option(
+        (),
+        "live logs of per-step and per-epoch scalars (comma list); metrics.jsonl is always written",
+        choices=("tensorboard", "csv"),
+    )
+    log_every: int = option(50, "optimisation steps between two per-step log entries (with --log)", ge=1)
     #: one part per run kind (not a setting: it has flags and tables of its own)
     parts: dict[str, Part] = field(default_factory=dict, repr=False, metadata={"part": True})
 

@@ -7,6 +7,9 @@ A run directory ``RUN`` holds::
     model.safetensors        the weights after the last completed epoch (config in the metadata)
     model_best.safetensors   the weights of the epoch with the best per-epoch PGD accuracy
     state.safetensors        everything else a resume needs (see :mod:`energyat_core.training_state`)
+    record.json              how the run was made, one entry per invocation (:mod:`energyat_core.run_record`)
+    steps.csv, epochs.csv    live logs with ``--log csv``; ``tensorboard/`` with ``--log tensorboard``
+                             (append-only, see :mod:`energyat_core.step_log`)
 
 and what other commands and components add (``eval.json``, ``plots/``, samplers' caches).
 Next to it, in the same parent folder, live for a while::

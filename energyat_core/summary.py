@@ -21,6 +21,12 @@ def epoch_line(record: dict[str, Any], eval_steps: int) -> str:
     )
 
 
+def robust_text(records: list[dict[str, Any]]) -> str:
+    """The robust accuracy of the last of ``records`` as the progress bar shows it (``-``: none yet)."""
+    value = records[-1].get("robust_acc") if records else None
+    return "-" if value is None else f"{value:.1%}"
+
+
 def summary(last: dict[str, Any], cfg: RunConfig, counters: Counters, run_dir: Path) -> Table:
     """The table printed after training: the last epoch's figures and the run's totals."""
     rows = [

@@ -2,11 +2,15 @@
 
 :class:`Trainer` builds everything a :class:`~energyat_core.run_config.RunConfig` names
 (:mod:`energyat_core.build`), trains epoch by epoch, evaluates on a held-out subset after
-each epoch, logs ``metrics.jsonl`` (:mod:`energyat_core.run_dir`) and checkpoints
-(:mod:`energyat_core.training_state`), so that :meth:`Trainer.resume` continues a killed
+each epoch (:mod:`energyat_core.epoch_eval`), logs ``metrics.jsonl`` (:mod:`energyat_core.run_dir`),
+the run record (:mod:`energyat_core.run_record`) and the live logs (:mod:`energyat_core.step_log`),
+and checkpoints (:mod:`energyat_core.training_state`), so that :meth:`Trainer.resume` continues a killed
 run exactly where its last completed epoch left it. A run that replaces another
 (``--overwrite``) writes into a :class:`~energyat_core.run_dir.Staging` directory, swapped
 in for the old run once its first checkpoint is written.
+
+(Slightly over 300 lines: the step, the loop and the per-epoch bookkeeping read best together;
+building, checkpointing, logging and evaluation live in their own modules.)
 """
 
 from __future__ import annotations
@@ -31,17 +35,19 @@ from energyat_core.build import (
     training_loader,
 )
 from energyat_core.components import Attack, Batch, DataSource, Loss, RunContext, Weighter
+from energyat_core.epoch_eval import held_out_eval
 from energyat_core.epoch_stats import EpochStats, PassCounter
 from energyat_core.errors import NonFiniteError
-from energyat_core.evaluation import quick_eval
 from energyat_core.modes import model_mode
 from energyat_core.precision import autocast, resolve_device, resolve_precision
 from energyat_core.progress import training_progress
 from energyat_core.registry import Registry
 from energyat_core.run_config import RunConfig
-from energyat_core.run_dir import STATE_FILE, Staging, truncate_metrics, write_config
+from energyat_core.run_dir import STATE_FILE, Staging, read_metrics, truncate_metrics, write_config
+from energyat_core.run_record import record_invocation
 from energyat_core.schedules import lr_at
-from energyat_core.summary import epoch_line, summary
+from energyat_core.step_log import StepLog, step_values
+from energyat_core.summary import epoch_line, robust_text, summary
 from energyat_core.training_state import Counters, Trainable, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 #: seed offset per rank: the same initial weights everywhere, different attack noise on each rank
@@ -68,6 +74,9 @@ class Trainer:
         self.console = console or Console()
         self.dist = distributed.from_environment()
         self.quiet = quiet or not self.dist.is_main  # only rank 0 talks and writes
+        self.step_log = StepLog(cfg.log, cfg.log_every, enabled=self.dist.is_main)  # checks the sinks first
+        self.plugins = registry.plugins  # for the run record
+        self.resumed = False  # whether the run continues an earlier invocation (its record is extended)
         self.device = distributed.setup(self.dist, resolve_device(cfg.device))
         self.precision = resolve_precision(cfg.precision, self.device)
         check_batch_split(cfg, self.dist)
@@ -134,12 +143,14 @@ class Trainer:
             self.staging.commit()
             self.run_dir = self.ctx.run_dir = self.staging.target
             self.staging = None
+            self.step_log.moved(self.run_dir)
 
     def resume(self) -> None:
         """Restore the last completed epoch from the run directory's training state (none: start at epoch 0)."""
         if (self.run_dir / STATE_FILE).exists():
             self.counters, rngs = load_checkpoint(self.run_dir, self.trainable, self.device)
             set_rng_state(rngs[self.dist.rank] if len(rngs) == self.dist.world_size else rngs[0], self.device)
+        self.resumed = True
         if self.dist.is_main:
             truncate_metrics(self.run_dir, self.epoch)
 
@@ -148,13 +159,20 @@ class Trainer:
         """Train until ``cfg.epochs`` (or ``stop_after`` more epochs); return this call's metrics."""
         if self.dist.is_main:
             write_config(self.run_dir, self.cfg)
+            record_invocation(self.run_dir, self.plugins, self.device, resumed=self.resumed, from_epoch=self.epoch)
+            self.resumed = True  # a later fit() continues this run
         history: list[dict[str, Any]] = []
         last = self.cfg.epochs if stop_after is None else min(self.cfg.epochs, self.epoch + stop_after)
-        with training_progress(self.console, disable=self.quiet) as progress:
-            task = progress.add_task("train", total=(last - self.epoch) * len(self.loader), loss=0.0, acc=0.0, ips=0.0)
+        self.step_log.open(self.run_dir, self.counters.step, self.epoch)
+        with self.step_log.closing(), training_progress(self.console, disable=self.quiet) as progress:
+            robust = robust_text(read_metrics(self.run_dir)[-1:] if self.epoch and not self.quiet else [])
+            task = progress.add_task(
+                "train", total=(last - self.epoch) * len(self.loader), loss=0.0, acc=0.0, ips=0.0, robust=robust
+            )
             while self.epoch < last:
                 progress.update(task, description=f"epoch {self.epoch + 1}/{self.cfg.epochs}")
                 history.append(self.run_epoch(progress, task))
+                progress.update(task, robust=robust_text(history[-1:]))
         if history and not self.quiet:
             self.console.print(summary(history[-1], self.cfg, self.counters, self.run_dir))
         return history
@@ -176,6 +194,7 @@ class Trainer:
         best = evals["robust_acc"] > self.counters.best_robust
         self.counters.best_robust = max(self.counters.best_robust, evals["robust_acc"])
         self.save(best, record)
+        self.step_log.log_epoch(record)
         if not self.quiet:
             self.console.print(epoch_line(record, self.cfg.eval_steps))
         return record
@@ -188,8 +207,11 @@ class Trainer:
         n_batches = len(self.loader)
         done = progress.tasks[task].completed if progress.tasks else 0
         check_every = max(1, n_batches // 20)  # one host sync every few batches, not every step
+        self.step_log.restart_clock()
         for i, (x, y) in enumerate(self.loader.epoch(self.epoch)):
-            self.train_step(x, y, stats)
+            values = self.train_step(x, y, stats, measure=self.step_log.due(self.counters.step + 1))
+            if values is not None:
+                self.step_log.log_step(self.counters.step, self.epoch + 1, values)
             if (i + 1) % check_every == 0 or i + 1 == n_batches:
                 loss_sum, correct, seen = stats.totals(self.dist)
                 self._check_finite(loss_sum)
@@ -211,8 +233,11 @@ class Trainer:
             "epoch_seconds": seconds,
         }
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, stats: EpochStats) -> None:
-        """One optimisation step on a batch (plus the source's extra images, if the run has a source)."""
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, stats: EpochStats, *, measure: bool = False
+    ) -> dict[str, float] | None:
+        """One optimisation step on a batch (plus the source's extra images, if the run has a source);
+        with ``measure``, its scalars for the live logs (:func:`~energyat_core.step_log.step_values`)."""
         cfg, model = self.cfg, self.model
         attack = cast(Attack, self.components["attack"])
         loss_fn = cast(Loss, self.components["loss"])
@@ -230,10 +255,17 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         distributed.average_gradients(self.params, self.dist)
+        values = None
+        if measure:
+            if self.scaler.is_enabled():
+                self.scaler.unscale_(self.optimizer)  # the true gradients; the step below uses them as they are
+            values = step_values(loss, batch, self.params, self.optimizer.param_groups[0]["lr"])
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.counters.step += 1
         stats.add(loss, batch)
+        self.step_log.tick(len(y) * self.dist.world_size)
+        return values
 
     def _mix_in(self, source: DataSource, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch with the source's extra images shuffled in."""
@@ -248,15 +280,8 @@ class Trainer:
     def _set_lr(self) -> None:
         """The scheduled learning rate of the current step, on every parameter group."""
         cfg = self.cfg
-        lr = lr_at(
-            self.counters.step,
-            self.total_steps,
-            schedule=cfg.schedule,
-            lr=cfg.lr,
-            milestones=cfg.milestones,
-            gamma=cfg.gamma,
-            warmup=cfg.warmup,
-        )
+        schedule = {k: getattr(cfg, k) for k in ("schedule", "lr", "milestones", "gamma", "warmup")}
+        lr = lr_at(self.counters.step, self.total_steps, **schedule)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
@@ -279,23 +304,7 @@ class Trainer:
     # -- evaluation -------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         """Clean/PGD accuracy and energies on the held-out subset (shared out over ranks), checked finite."""
-        distributed.average_buffers(self.model, self.dist)  # one set of BatchNorm statistics
-        local = quick_eval(
-            self.model,
-            self.eval_x,
-            self.eval_y,
-            eps=self.cfg.eps,
-            norm=self.cfg.norm,
-            steps=self.cfg.eval_steps,
-            batch_size=max(self.cfg.batch_size, 256),
-            autocast=self.autocast,
-        )
-        evals = local
-        if self.dist.enabled:
-            n = float(len(self.eval_y))
-            sums = torch.tensor([v * n for v in local.values()] + [n], dtype=torch.float64, device=self.device)
-            *totals, count = distributed.all_reduce_sum(sums, self.dist).tolist()
-            evals = {k: v / max(count, 1.0) for k, v in zip(local, totals, strict=True)}
+        evals = held_out_eval(self.model, self.eval_x, self.eval_y, self.cfg, self.dist, self.autocast)
         for key, value in evals.items():
             if not math.isfinite(value):
                 raise NonFiniteError(

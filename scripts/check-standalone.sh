@@ -4,11 +4,16 @@
 #   bash scripts/check-standalone.sh DISTRIBUTION PRESET      e.g.  energyat-weat weat
 #
 # In a fresh virtual environment in a temporary directory it installs torch and
-# torchvision (pinned, as scripts/setup-env.sh does), then energyat-core, the named plugin
-# and the first-party plugins it declares as dependencies (found by reading
-# plugins/*/pyproject.toml), all in one pip command. It then checks that `energyat plugins`
-# lists exactly those plugins, without errors, and trains `--method PRESET` for one tiny
-# epoch on the synthetic dataset on CPU. Takes a few minutes (mostly the torch install).
+# torchvision (pinned, as scripts/setup-env.sh does, from the pip cache where it has them),
+# then follows the README's "Installing only what you need" to the letter:
+#
+#   make wheels                                  (every distribution into dist/)
+#   pip install --find-links dist DISTRIBUTION   (the plugin, its first-party dependencies, core)
+#
+# It then checks that `energyat plugins` lists exactly the plugins of DISTRIBUTION's
+# first-party dependency closure (found by reading plugins/*/pyproject.toml), without errors,
+# and trains `--method PRESET` for one tiny epoch on the synthetic dataset on CPU. Takes a
+# few minutes (mostly the torch install).
 set -euo pipefail
 if [ $# -ne 2 ]; then
   echo "usage: bash scripts/check-standalone.sh DISTRIBUTION PRESET   (e.g. energyat-weat weat)" >&2
@@ -28,12 +33,11 @@ VENV=$TMP/venv
 VPY=$VENV/bin/python
 
 # 1. torch (pinned; these versions come from the local pip cache where there is one) and
-#    setuptools, which the local builds below use (--no-build-isolation)
+#    setuptools, which `make wheels` uses (--no-build-isolation)
 "$VPY" -m pip install -q "torch==2.14.1" "torchvision==0.29.1" "setuptools>=64" wheel
 
-# 2. resolve DIST's first-party dependency closure from the plugins' pyproject.toml files:
-#    prints the plugin names to expect, the first-party plugin names that must be absent,
-#    then one directory to install per line
+# 2. the plugin names to expect (DIST's first-party dependency closure, from the plugins'
+#    pyproject.toml files), then the first-party plugin names that must be absent
 RESOLVED=$("$VPY" - "$ROOT" "$DIST" <<'EOF'
 import sys
 from pathlib import Path
@@ -78,18 +82,19 @@ while todo:
     todo += [d for d in projects[dist][1] if d in projects]
 print(" ".join(sorted(ep for d in closure for ep in projects[d][2])))
 print(" ".join(sorted(ep for d, p in projects.items() if d not in closure for ep in p[2])))
-for d in sorted(closure):
-    print(projects[d][0])
 EOF
 )
 mapfile -t LINES <<<"$RESOLVED"
 PRESENT=${LINES[0]}
 ABSENT=${LINES[1]}
-PATHS=("${LINES[@]:2}")
-echo "installing into a fresh environment: ${PATHS[*]}"
-"$VPY" -m pip install -q --no-build-isolation "${PATHS[@]}"
 
-# 3. `energyat plugins` lists the closure's plugins, all ok, and none of the others
+# 3. the documented install: wheels of every distribution, then the one plugin from dist/
+#    (pip finds its first-party dependencies there; the rest comes from the index or cache)
+echo "installing $DIST into a fresh environment: make wheels && pip install --find-links dist $DIST"
+(cd "$ROOT" && make -s wheels PYTHON="$VPY")
+(cd "$ROOT" && "$VPY" -m pip install -q --find-links dist "$DIST")
+
+# 4. `energyat plugins` lists the closure's plugins, all ok, and none of the others
 LISTING=$(COLUMNS=200 "$VENV/bin/energyat" plugins)
 echo "$LISTING"
 FAILED=0
@@ -107,7 +112,7 @@ for name in $ABSENT; do
 done
 [ "$FAILED" -eq 0 ] || exit 1
 
-# 4. one tiny epoch of the preset on the synthetic dataset, on CPU
+# 5. one tiny epoch of the preset on the synthetic dataset, on CPU
 "$VENV/bin/energyat" train --method "$PRESET" --backbone small_cnn --dataset synthetic \
   --set dataset.n_train=256 --set dataset.n_test=100 --eval-n 100 --epochs 1 --device cpu \
   --out "$TMP/run" --quiet

@@ -145,7 +145,7 @@ def test_successful_overwrite_replaces_the_whole_run(old_run, capsys):
     assert _train(old_run, "--overwrite", "--lr", "0.01") == 0
     assert json.loads((old_run / CONFIG_FILE).read_text())["lr"] == 0.01
     assert sorted(os.listdir(old_run)) == sorted(
-        [CONFIG_FILE, METRICS_FILE, "model.safetensors", "model_best.safetensors", STATE_FILE]
+        [CONFIG_FILE, METRICS_FILE, "model.safetensors", "model_best.safetensors", STATE_FILE, "record.json"]
     )  # no eval.json, plots/ or cache of the old run
     assert [m["epoch"] for m in read_metrics(old_run)] == [1]
     _only_the_run_is_left(old_run)

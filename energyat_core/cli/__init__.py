@@ -15,17 +15,20 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from energyat_core.errors import as_user_error
+from energyat_core.errors import ConfigError, as_user_error
+from energyat_core.options import plain_text
 from energyat_core.registry import disabled_for_command
 
 DISABLE_FLAG = "--disable-plugins"
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "ENERGYAT_DEBUG"
+HELP_OPTIONS = ["-h", "--help"]
 
 
 def _disable_from_argv(argv: list[str]) -> str | None:
@@ -59,9 +62,72 @@ def _decompression_bombs_are_errors() -> None:
     warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 
+def _print_version(value: bool) -> None:
+    """``energyat --version``: core's version, then one line per loaded plugin."""
+    if not value:
+        return
+    from energyat_core import __version__
+    from energyat_core.registry import get_registry
+
+    print(f"energyat {__version__}")
+    for p in get_registry().plugins:
+        if p.loaded and p.name != "core":
+            print(f"{p.distribution} {p.version} (plugin {p.name})")
+    raise typer.Exit()
+
+
+def _clean(text: str | None) -> str | None:
+    """Help text as written, for Rich: ``x`` (reStructuredText) as `x`, brackets not read as markup."""
+    return None if text is None else escape(plain_text(text))
+
+
+def _subcommands(command: Any) -> dict[str, Any]:
+    """The subcommands of a group (Typer's command classes are click's or its own copy of them)."""
+    commands = getattr(command, "commands", None)
+    return commands if isinstance(commands, dict) else {}
+
+
+def clean_help(command: Any) -> Any:
+    """Make every help text of ``command`` and its subcommands plain (core's and plugins' alike)."""
+    command.help = _clean(command.help)
+    command.short_help = _clean(command.short_help)
+    for param in command.params:
+        if isinstance(getattr(param, "help", None), str):
+            param.help = _clean(param.help)
+    for sub in _subcommands(command).values():
+        clean_help(sub)
+    return command
+
+
+def _command_name(argv: list[str]) -> str | None:
+    """The command of ``argv`` (the first word after the root options), if any."""
+    i = 0
+    while i < len(argv):
+        if argv[i] == DISABLE_FLAG:
+            i += 2
+        elif argv[i].startswith("-"):
+            i += 1
+        else:
+            return argv[i]
+    return None
+
+
+def _check_command(command: Any, argv: list[str]) -> None:
+    """A command that an absent first-party plugin adds: say which one to install (click says "No such command")."""
+    from energyat_core import catalog
+    from energyat_core.registry import get_registry
+
+    name = _command_name(argv)
+    if name is None or not _subcommands(command) or name in _subcommands(command):
+        return
+    hint = catalog.missing_hint(catalog.COMMANDS, name, get_registry().plugins)
+    if hint is not None:
+        raise ConfigError(*hint)
+
+
 def build_app(disable: str | None = None) -> typer.Typer:
     """The Typer app with core commands and every plugin's commands."""
-    from energyat_core.cli import evaluate, info, plot, train
+    from energyat_core.cli import evaluate, info, new_plugin, plot, train
     from energyat_core.plugins import call_per_plugin
     from energyat_core.registry import get_registry
 
@@ -70,7 +136,8 @@ def build_app(disable: str | None = None) -> typer.Typer:
         help="Adversarial training seen through energy-based models: train, evaluate, compose methods from plugins.",
         no_args_is_help=True,
         pretty_exceptions_enable=False,
-        add_completion=False,
+        add_completion=True,
+        context_settings={"help_option_names": HELP_OPTIONS},
     )
 
     @app.callback()
@@ -86,6 +153,13 @@ def build_app(disable: str | None = None) -> typer.Typer:
             DEBUG_FLAG,
             help=f"Show the traceback of an error instead of one line (for bug reports); also {DEBUG_ENV}=1.",
         ),
+        version: bool = typer.Option(
+            False,
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the versions of energyat and of every loaded plugin, and exit.",
+        ),
     ) -> None:
         """energyat: adversarial training seen through energy-based models."""
 
@@ -93,6 +167,7 @@ def build_app(disable: str | None = None) -> typer.Typer:
     train.add_commands(app)
     evaluate.add_commands(app)
     plot.add_commands(app)
+    new_plugin.add_commands(app)
     registry = get_registry(disable)
     call_per_plugin(registry.pm, "register_commands", registry.plugins, lambda _info: {"app": app})
     return app
@@ -108,8 +183,9 @@ def main(argv: list[str] | None = None) -> None:
             _decompression_bombs_are_errors()
             disable = _disable_from_argv(argv)
             with disabled_for_command(disable):
-                app = build_app(disable)
-                app(args=argv, prog_name="energyat", standalone_mode=True)
+                command = clean_help(typer.main.get_command(build_app(disable)))
+                _check_command(command, argv)
+                command.main(args=argv, prog_name="energyat", standalone_mode=True)
     except KeyboardInterrupt:
         err.print(
             "interrupted; a run that wrote a checkpoint continues with `energyat train --resume RUN_DIR` "

@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from energyat_core.errors import ConfigError
 from energyat_core.kinds import KIND, kind_names
-from energyat_core.options import describe_fields
+from energyat_core.options import describe_fields, display_value, plain_text
 from energyat_core.progress import table
 from energyat_core.registry import get_registry
 from energyat_core.run_config import RunConfig
@@ -85,30 +85,35 @@ def describe(
         return
     if kind == "method":
         if name is None:
-            rows = [(m.name, registry.method_plugin[m.name], m.help) for m in registry.methods.values()]
-            console.print(table("methods", ["method", "plugin", "description"], rows))
+            rows = [(m.name, registry.method_plugin[m.name], plain_text(m.help)) for m in registry.methods.values()]
+            console.print(table("methods", ["method", "plugin", "description"], _plain(rows)))
             return
         m = registry.method(name)
         based = registry.methods[name].based_on
         if based:
             console.print(f"based on method '{based}'")
-        rows = [(k, n, ", ".join(f"{a}={b!r}" for a, b in o.items()) or "-") for k, (n, o) in m.parts.items()]
-        rows += [("run", k, repr(v)) for k, v in m.settings.items()]
-        console.print(table(f"method '{m.name}': {m.help}", ["part", "name / setting", "options / value"], rows))
+        rows = [
+            (k, n, ", ".join(f"{a}={display_value(b)}" for a, b in o.items()) or "-") for k, (n, o) in m.parts.items()
+        ]
+        rows += [("run", k, display_value(v)) for k, v in m.settings.items()]
+        title = escape(f"method '{m.name}': {plain_text(m.help)}")
+        console.print(table(title, ["part", "name / setting", "options / value"], _plain(rows)))
         if m.reference:
             console.print(f"reference: {m.reference}")
         return
     if kind not in KIND:
         raise ConfigError(f"unknown component kind '{kind}'", f"use one of: {kind_names('method', 'run')}")
     if name is None:
-        rows = [(e.name, e.plugin, e.summary) for e in (registry.get(kind, n) for n in registry.names(kind))]
-        console.print(table(f"{kind}s", ["name", "plugin", "description"], rows))
+        rows = [
+            (e.name, e.plugin, plain_text(e.summary)) for e in (registry.get(kind, n) for n in registry.names(kind))
+        ]
+        console.print(table(f"{kind}s", ["name", "plugin", "description"], _plain(rows)))
         return
     entry = registry.get(kind, name)
-    console.print(f"[bold]{kind} '{entry.name}'[/] (plugin {entry.plugin})")
+    console.print(f"[bold]{escape(kind)} '{escape(entry.name)}'[/] (plugin {escape(entry.plugin)})")
     doc = (entry.cls.__doc__ or "").strip()
     if doc:
-        console.print(escape(inspect.cleandoc(doc)))
+        console.print(escape(plain_text(inspect.cleandoc(doc))))
     fields = _plain(describe_fields(entry.cls.Config))
     if fields:
         console.print(table("options (--set " + kind + ".NAME=VALUE)", ["option", "type", "default", "help"], fields))

@@ -5,6 +5,9 @@ The flags are not written here: one flag per run kind of :data:`~energyat_core.k
 :class:`~energyat_core.run_config.RunConfig` (``--epochs``, ``--eps``, ...), with the help
 text, type and bounds of its declaration. Values reach :func:`~energyat_core.run_config.compose`
 as given, which converts and validates them once.
+
+(Slightly over 300 lines: the flag generation, the run-directory flow and ``--resume``/``--from``
+are the one concern of starting a training run from the command line.)
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from energyat_core import distributed
 from energyat_core.cli.flags import at_least
 from energyat_core.errors import ConfigError, RunDirError
 from energyat_core.kinds import RUN_KINDS
-from energyat_core.options import resolved_types, rule_text
+from energyat_core.options import display_value, resolved_types, rule_text
 from energyat_core.registry import get_registry
 from energyat_core.run_config import RunConfig, compose, setting_fields
 from energyat_core.run_dir import CONFIG_FILE, RunLock, check_out, clean_leftovers, prepare_run_dir
@@ -43,7 +46,7 @@ def flag_name(setting: str) -> str:
 def _setting_param(f: dataclasses.Field, tp: Any) -> inspect.Parameter:
     """A Typer option for one RunConfig setting, from its declaration."""
     help_text = f.metadata.get("help", "")
-    if f.default is not dataclasses.MISSING and f.default is not None:
+    if f.default is not dataclasses.MISSING and f.default is not None and f.default != ():
         help_text += f" (default: {_show(f.default)})"
     if tp is bool or tp == (bool | None):
         flag = flag_name(f.name)
@@ -69,13 +72,10 @@ def _metavar(tp: Any) -> str:
 
 
 def _show(value: Any) -> str:
-    from energyat_core.evaluation import eps_text
-
-    if isinstance(value, float) and 0 < value < 1 and eps_text(value, "linf").endswith("/255"):
-        return eps_text(value, "linf")
-    if isinstance(value, tuple):
-        return ",".join(str(v) for v in value)
-    return str(value)
+    """A default as it is typed on the command line: ``8/255``, ``0.5,0.75``."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(_show(v) for v in value)
+    return display_value(value) if isinstance(value, float) else str(value)
 
 
 def _kind_param(kind: Any) -> inspect.Parameter:
@@ -118,6 +118,17 @@ def _fixed_params() -> list[inspect.Parameter]:
                 metavar="FILE",
                 help="TOML file (or a run's config.json) with settings and one table per part "
                 "(attack, loss, ...); flags override it.",
+            ),
+        ),
+        p(
+            "from_run",
+            Path | None,
+            typer.Option(
+                None,
+                "--from",
+                metavar="RUN",
+                help="Repeat the run in this directory: its config.json is the config file; "
+                "other flags still override it. Give a new --out.",
             ),
         ),
         p("out", Path | None, typer.Option(None, "--out", "-o", help="Run directory (default: runs/METHOD-TIME).")),
@@ -188,6 +199,7 @@ def run(
     overwrite: bool = False,
     stop_after: int | None = None,
     quiet: bool = False,
+    from_run: Path | None = None,
 ) -> None:
     """What ``energyat train`` does with its parsed flags.
 
@@ -198,9 +210,11 @@ def run(
     registry = get_registry()
     console = Console()
     if resume is not None:
-        _check_resume_flags(flags, set_=set_, config=config, out=out, overwrite=overwrite)
+        _check_resume_flags(flags, set_=set_, config=config, out=out, overwrite=overwrite, from_run=from_run)
         _resume(registry, console, resume, flags, stop_after=stop_after, quiet=quiet)
         return
+    if from_run is not None:
+        config = _from_config(from_run, config)
     cfg = compose(registry, config_file=config, flags=flags, sets=list(set_ or []))
     info = distributed.from_environment()
     if out is None and info.enabled:
@@ -228,16 +242,37 @@ def run(
     distributed.shutdown(trainer.dist)
 
 
+def _from_config(run_dir: Path, config: str | None) -> str:
+    """The config file of ``--from RUN``: the run's ``config.json`` (which holds every setting and option)."""
+    if config is not None:
+        raise ConfigError("--from RUN and --config FILE both give the config file", "give one of them")
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise RunDirError(
+            f"--from '{run_dir}' holds no run (no {CONFIG_FILE})",
+            "give the run directory of an earlier `energyat train`",
+        )
+    return str(path)
+
+
 #: the settings a resume may change: extend a run (--epochs), move it to another device (--device)
 RESUME_SETTINGS = ("epochs", "device")
 
 
 def _check_resume_flags(
-    flags: dict[str, Any], *, set_: list[str] | None, config: str | None, out: Path | None, overwrite: bool
+    flags: dict[str, Any],
+    *,
+    set_: list[str] | None,
+    config: str | None,
+    out: Path | None,
+    overwrite: bool,
+    from_run: Path | None = None,
 ) -> None:
     """``--resume`` continues a run with its own config: only --epochs and --device may change."""
     given = [flag_name(k) for k, v in flags.items() if v is not None and k not in RESUME_SETTINGS]
-    given += [flag for flag, value in (("--set", set_), ("--config", config), ("--out", out)) if value]
+    given += [
+        flag for flag, value in (("--set", set_), ("--config", config), ("--from", from_run), ("--out", out)) if value
+    ]
     given += ["--overwrite"] if overwrite else []
     if given:
         raise ConfigError(
