@@ -69,7 +69,7 @@ def as_user_error(err: BaseException) -> EnergyATError:
         return _os_error(err)
     if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":  # torch's, without importing it
         return EnergyATError(
-            f"out of memory ({_first_line(err) or type(err).__name__})",
+            f"out of memory ({first_line(err) or type(err).__name__})",
             "lower --batch-size (or the evaluation's), or use --precision bf16",
         )
     syntax = _syntax_error(err)
@@ -80,13 +80,14 @@ def as_user_error(err: BaseException) -> EnergyATError:
         return os_text
     where = _where(err)
     if isinstance(err, (ValueError, RuntimeError, ArithmeticError)):
-        return EnergyATError(f"{_first_line(err) or type(err).__name__} ({type(err).__name__}{where})", DEBUG_HINT)
+        return EnergyATError(f"{first_line(err) or type(err).__name__} ({type(err).__name__}{where})", DEBUG_HINT)
     return EnergyATError(
-        f"unexpected {type(err).__name__}{where}: {_first_line(err)}", f"this is probably a bug: {DEBUG_HINT}"
+        f"unexpected {type(err).__name__}{where}: {first_line(err)}", f"this is probably a bug: {DEBUG_HINT}"
     )
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of ``err``'s message, stripped ("" if there is none)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[0] if lines else ""
 
@@ -163,7 +164,7 @@ def _os_error(err: OSError) -> EnergyATError:
         return EnergyATError(f"file name too long:{at}", "use a shorter path")
     if code == errno.EIO:
         return EnergyATError(f"input/output error{':' + at if at else ''}", "check the disk (dmesg), then run again")
-    reason = err.strerror or _first_line(err) or type(err).__name__
+    reason = err.strerror or first_line(err) or type(err).__name__
     return EnergyATError(f"{reason}{':' + at if at else ''} ({type(err).__name__}{_where(err)})", DEBUG_HINT)
 
 
@@ -189,7 +190,7 @@ def _syntax_error(err: BaseException) -> EnergyATError | None:
     if isinstance(err, json.JSONDecodeError):
         what = f"invalid JSON ({err.msg} at line {err.lineno} column {err.colno})"
     elif tomllib is not None and isinstance(err, tomllib.TOMLDecodeError):
-        what = f"invalid TOML ({_first_line(err)})"
+        what = f"invalid TOML ({first_line(err)})"
     elif isinstance(err, UnicodeDecodeError):
         what = f"not UTF-8 text ({err.reason} at byte {err.start})"
     else:
@@ -212,9 +213,9 @@ def _image_error(err: BaseException) -> EnergyATError | None:
     if isinstance(err, (image.DecompressionBombError, image.DecompressionBombWarning)):
         path = _path_in_traceback(err)
         return DataError(
-            f"image{' ' + path if path else ''} refused as a possible decompression bomb ({_first_line(err)})",
+            f"image{' ' + path if path else ''} refused as a possible decompression bomb ({first_line(err)})",
             "remove the image or shrink it; open images this large only from sources you trust",
         )
     if isinstance(err, image.UnidentifiedImageError):
-        return DataError(_first_line(err), "remove or replace the file: it is not an image that PIL can read")
+        return DataError(first_line(err), "remove or replace the file: it is not an image that PIL can read")
     return None

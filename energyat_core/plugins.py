@@ -32,6 +32,7 @@ from importlib import metadata
 import pluggy
 
 from energyat_core import hookspecs
+from energyat_core.errors import first_line
 
 ENTRY_POINT_GROUP = "energyat"
 DISABLE_ENV = "ENERGYAT_DISABLE_PLUGINS"
@@ -99,11 +100,16 @@ def first_party_distributions() -> frozenset[str]:
         return frozenset()
     names = set()
     for requirement in requires:
-        spec, _, marker = requirement.partition(";")
-        match = _REQUIREMENT_NAME.match(spec)
-        if match and _EXTRA_MARKER.search(marker):
-            names.add(canonical(match.group(1)))
+        name = requirement_name(requirement)
+        if name and _EXTRA_MARKER.search(requirement.partition(";")[2]):
+            names.add(name)
     return frozenset(names)
+
+
+def requirement_name(requirement: str) -> str | None:
+    """The canonical distribution name of a requirement: ``energyat-pgd>=0.1; extra == "all"`` -> ``energyat-pgd``."""
+    match = _REQUIREMENT_NAME.match(requirement.partition(";")[0])
+    return canonical(match.group(1)) if match else None
 
 
 def pick(claimants: list[PluginInfo]) -> PluginInfo | None:
@@ -150,8 +156,7 @@ def short_error(err: BaseException) -> str:
     where = f" ({os.path.basename(frame.filename)}:{frame.lineno})" if frame else ""
     if isinstance(err, SystemExit):
         return f"SystemExit: the plugin called sys.exit({err.code!r}){where}"
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0].strip() if lines else ''}{where}"
+    return f"{type(err).__name__}: {first_line(err)}{where}"
 
 
 def load_plugins(disabled: set[str] | None = None) -> tuple[pluggy.PluginManager, list[PluginInfo]]:

@@ -113,10 +113,6 @@ class RunConfig:
         part = self.parts.get(kind)
         return part.label if part is not None else None
 
-    def component_options(self, kind: str) -> dict[str, Any]:
-        part = self.parts.get(kind)
-        return dict(part.options) if part is not None else {}
-
     # -- the document form (config.json, TOML) -------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Settings at the top level, one ``{"name": ..., **options}`` table per part."""

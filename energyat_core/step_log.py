@@ -57,7 +57,7 @@ def step_values(loss: torch.Tensor, batch: Batch, params: Sequence[torch.Tensor]
     """The measured scalars of one step, in one host sync: call it after the gradients are
     final (averaged over ranks, unscaled) and before the optimiser step."""
     grads = [p.grad for p in params if p.grad is not None]
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float()) if grads else loss.new_zeros(())
+    norm = torch.nn.utils.get_total_norm(grads) if grads else loss.new_zeros(())
     names, tensors = ["loss", "grad_norm"], [loss.detach().float(), norm.float()]
     clean = batch._logits.get("clean")
     adv = batch._logits.get("adv", clean if batch.x_adv is batch.x else None)

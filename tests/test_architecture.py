@@ -16,6 +16,7 @@ import tomllib
 from energyat_core import hookspecs
 from energyat_core.kinds import KINDS
 from energyat_core.options import option
+from energyat_core.plugins import canonical, requirement_name
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE = ROOT / "energyat_core"
@@ -29,12 +30,8 @@ def _project(plugin_dir: Path) -> dict:
     return tomllib.loads((plugin_dir / "pyproject.toml").read_text())["project"]
 
 
-def _canonical(name: str) -> str:
-    return name.lower().replace("_", "-")
-
-
 def _package(plugin_dir: Path) -> str:
-    return _canonical(_project(plugin_dir)["name"]).replace("-", "_")
+    return canonical(_project(plugin_dir)["name"]).replace("-", "_")
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
@@ -60,11 +57,8 @@ def test_every_kind_has_its_documented_hook_and_nothing_else_does():
 @pytest.mark.parametrize("plugin_dir", PLUGINS, ids=lambda p: p.name)
 def test_plugins_import_only_public_surfaces(plugin_dir):
     own = _package(plugin_dir)
-    declared = {
-        _canonical(d.split(";")[0].split("[")[0].split("=")[0].split(">")[0].split("<")[0].strip())
-        for d in _project(plugin_dir).get("dependencies", [])
-    }
-    first_party = {_package(p): _canonical(_project(p)["name"]) for p in PLUGINS}
+    declared = {requirement_name(d) for d in _project(plugin_dir).get("dependencies", [])}
+    first_party = {_package(p): canonical(_project(p)["name"]) for p in PLUGINS}
     bad = []
     for path in sorted(plugin_dir.rglob("*.py")):
         in_tests = "tests" in path.relative_to(plugin_dir).parts
@@ -91,14 +85,14 @@ def _first_party_names() -> set[str]:
     dists = set()
     for plugin_dir in PLUGINS:
         project = _project(plugin_dir)
-        dists.add(_canonical(project["name"]))
-        names |= {_canonical(project["name"]), _package(plugin_dir)}
+        dists.add(canonical(project["name"]))
+        names |= {canonical(project["name"]), _package(plugin_dir)}
         names |= set(project.get("entry-points", {}).get("energyat", {}))
     registry = Registry(set())
     core = next(p for p in registry.plugins if p.name == "core")
     core_names = {item.partition(":")[2] for item in core.registered}
     for info in registry.plugins:
-        if _canonical(info.distribution) in dists:
+        if canonical(info.distribution) in dists:
             names |= {item.partition(":")[2] for item in info.registered}
     return names - core_names  # a name core registers itself (its ``pgd`` evaluator) is core's
 
