@@ -53,7 +53,7 @@ from energyat_core.data.seeds import seeded_generator
 from energyat_core.distributed import DistInfo, average_buffers, average_gradients
 
 # -- shared maths: energies, divergences, perturbations, model modes ------------------------
-from energyat_core.divergence import kl_per_sample
+from energyat_core.divergence import kl_per_sample, smoothed_cross_entropy
 from energyat_core.energy import joint_energy, marginal_energy
 from energyat_core.errors import CheckpointError, ConfigError, DataError, EnergyATError, NonFiniteError
 from energyat_core.evaluation import batched, predict
@@ -75,6 +75,7 @@ from energyat_core.precision import resolve_device
 from energyat_core.progress import table, task_progress
 from energyat_core.run_config import parse_sets
 from energyat_core.run_dir import MODEL_FILE
+from energyat_core.threat import DEFAULT_EPS, ThreatModel
 
 
 def load_run(*args, **kwargs):
@@ -89,6 +90,7 @@ def load_run(*args, **kwargs):
 
 __all__ = [
     "CACHE_DIR_ENV",
+    "DEFAULT_EPS",
     "MODEL_FILE",
     "NORMS",
     "OBJECTIVES",
@@ -111,6 +113,7 @@ __all__ = [
     "NonFiniteError",
     "RunContext",
     "Sampler",
+    "ThreatModel",
     "Weighter",
     "as_dict",
     "atomic_save",
@@ -141,6 +144,7 @@ __all__ = [
     "resolve_device",
     "save_arrays",
     "seeded_generator",
+    "smoothed_cross_entropy",
     "table",
     "task_progress",
     "weights_load_failure",

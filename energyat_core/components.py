@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from energyat_core.threat import ThreatModel
+
 if TYPE_CHECKING:
     from energyat_core.data import ImageData
 
@@ -43,6 +45,8 @@ class RunContext:
     dist: Any = None  # the run's DistInfo (ranks), or None outside torchrun
     #: the registry the run was built from; components that use other components call :meth:`create`
     registry: Any = None
+    #: the run's threat model (radius, norm, optional absolute step), read by the training attack
+    threat: ThreatModel = field(default_factory=ThreatModel)
     #: anything else a command hands its components (e.g. ``progress`` and ``console`` for evaluators)
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -120,11 +124,25 @@ class Batch:
 class Attack(Component):
     """Finds adversarial inputs for a batch: ``x_adv = attack(model, x, y)``.
 
-    Called with the model in the mode the engine chose for the attack (eval by default)
+    Called with the model in the mode the engine chose for the attack (``--attack-bn``)
     and under the run's autocast. Must return a detached tensor in [0,1] of ``x``'s
-    shape. The engine counts the forward and backward passes it makes through the
-    model, so cost accounting needs nothing from the attack.
+    shape, within :attr:`threat` (the run's radius and norm: an attack has no radius of
+    its own, so that the model is trained at the threat model it is evaluated at). The
+    engine counts the forward and backward passes it makes through the model, so cost
+    accounting needs nothing from the attack.
     """
+
+    #: the norms the attack supports; a run with another ``--norm`` is refused when it is composed
+    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
+
+    def __init__(self, config: Any = None, threat: ThreatModel | None = None) -> None:
+        super().__init__(config)
+        #: the threat model the attack works in: the run's, given by :meth:`setup` (8/255 L-inf outside a run)
+        self.threat = threat if threat is not None else ThreatModel()
+
+    def setup(self, ctx: RunContext) -> None:
+        """Take the run's threat model; attacks that override this call ``super().setup(ctx)`` first."""
+        self.threat = ctx.threat
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from energyat_core.components import Attack, Batch, Loss, Weighter
+from energyat_core.divergence import smoothed_cross_entropy
 from energyat_core.hookspecs import hookimpl
 from energyat_core.options import option
 
@@ -30,11 +30,17 @@ class CrossEntropy(Loss):
     @dataclass
     class Config:
         on: Literal["adv", "clean"] = option("adv", "which inputs the loss is computed on")
-        label_smoothing: float = option(0.0, "label smoothing (FGSM-SDI's code: 0.9 target, i.e. 0.1)", ge=0, lt=1)
+        smoothing: float = option(
+            0.0,
+            "label smoothing: the true class keeps 1 - smoothing, the K-1 others share smoothing evenly "
+            "(FGSM-SDI's code, --factor 0.9: 0.1)",
+            ge=0,
+            lt=1,
+        )
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         logits = batch.logits_adv if self.config.on == "adv" else batch.logits_clean
-        return F.cross_entropy(logits.float(), batch.y, reduction="none", label_smoothing=self.config.label_smoothing)
+        return smoothed_cross_entropy(logits, batch.y, self.config.smoothing)
 
 
 class Uniform(Weighter):

@@ -32,7 +32,7 @@ def held_out_eval(
         model,
         x,
         y,
-        eps=cfg.eps,
+        eps=cfg.threat.eps,
         norm=cfg.norm,
         steps=cfg.eval_steps,
         batch_size=max(cfg.batch_size, 256),

@@ -1,7 +1,13 @@
-"""What an epoch of training measured: loss and accuracy sums, and passes through the model.
+"""What an epoch of training measured: loss and accuracy sums, energies, and passes through the model.
 
 The sums stay on the device during the epoch (no host sync per step); :meth:`EpochStats.totals`
 sums them over ranks in one all-reduce when the progress bar or the epoch record needs them.
+
+The training batches' marginal energies ``E(x)`` and ``E(x_adv)`` (methods.md: the papers'
+main diagnostic, and WEAT's argument) are summarised per epoch by their mean and spread.
+They come from the logits the step computed anyway; a side the loss did not compute (the
+clean logits of PGD-AT's CE, say) is measured by one extra forward pass without gradients,
+with frozen BatchNorm statistics, on every :data:`ENERGY_EVERY`-th batch only.
 """
 
 from __future__ import annotations
@@ -13,6 +19,13 @@ import torch
 from energyat_core import distributed
 from energyat_core.components import Batch
 from energyat_core.distributed import DistInfo
+from energyat_core.energy import marginal_energy
+from energyat_core.modes import frozen_running_stats
+
+#: a side of the energies that the step did not compute is measured on one batch in this many
+ENERGY_EVERY = 10
+#: the two sides of the energy statistics, in the order of :attr:`EpochStats.energy`
+ENERGY_SIDES = ("clean", "adv")
 
 
 @dataclass
@@ -43,12 +56,51 @@ class EpochStats:
 
     loss_sum: torch.Tensor
     correct: torch.Tensor
+    #: per side (clean, adv): count, sum and sum of squares of the marginal energies, float64
+    energy: torch.Tensor
     seen: int = 0
+    batches: int = 0
 
     @classmethod
     def zeros(cls, device: torch.device | str = "cpu") -> EpochStats:
         """Empty sums on ``device``."""
-        return cls(torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
+        return cls(
+            torch.zeros((), device=device),
+            torch.zeros((), device=device, dtype=torch.long),
+            torch.zeros(len(ENERGY_SIDES), 3, device=device, dtype=torch.float64),
+        )
+
+    def add_energies(self, batch: Batch) -> None:
+        """Add the batch's ``E(x)`` and ``E(x_adv)``; call inside the step's autocast, before the update.
+
+        A side without logits is measured on every :data:`ENERGY_EVERY`-th batch (no gradients,
+        BatchNorm statistics untouched, the model in the mode of the step's loss).
+        """
+        fill = self.batches % ENERGY_EVERY == 0
+        self.batches += 1
+        for i, side in enumerate(ENERGY_SIDES):
+            logits = _logits_of(batch, side)
+            if logits is None and fill:
+                with torch.no_grad(), frozen_running_stats(batch.model):
+                    logits = batch.model(batch.x if side == "clean" else batch.x_adv)
+            if logits is None:
+                continue
+            e = marginal_energy(logits.detach().float()).double()
+            self.energy[i] += torch.stack(
+                [torch.tensor(float(len(e)), device=e.device, dtype=e.dtype), e.sum(), (e * e).sum()]
+            )
+
+    def energy_summary(self, dist: DistInfo) -> dict[str, float]:
+        """``train_energy_{clean,adv}`` (mean) and ``..._std`` over the epoch, over all ranks (one all-reduce)."""
+        totals = distributed.all_reduce_sum(self.energy.clone(), dist).tolist()
+        out: dict[str, float] = {}
+        for side, (n, s, sq) in zip(ENERGY_SIDES, totals, strict=True):
+            if n == 0:
+                continue
+            mean = s / n
+            out[f"train_energy_{side}"] = mean
+            out[f"train_energy_{side}_std"] = max(sq / n - mean * mean, 0.0) ** 0.5
+        return out
 
     def add(self, loss: torch.Tensor, batch: Batch) -> None:
         """Count a step: its mean loss, and the accuracy of the logits it trained on (adversarial if any)."""
@@ -65,3 +117,10 @@ class EpochStats:
         t = torch.stack([self.loss_sum.float(), self.correct.float(), seen])
         loss_sum, correct, total = distributed.all_reduce_sum(t, dist).tolist()
         return loss_sum, correct, max(total, 1.0)
+
+
+def _logits_of(batch: Batch, side: str) -> torch.Tensor | None:
+    """The logits the step computed for ``side``; without an attack the adversarial side is the clean one."""
+    if side == "adv" and batch.x_adv is batch.x:
+        side = "clean"
+    return batch._logits.get(side)

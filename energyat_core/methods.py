@@ -37,8 +37,10 @@ class Method:
     With ``based_on`` the preset starts from that preset (resolved by name when used, so
     the base may come from another plugin): its settings are updated with these, and a
     part of the same component merges options, while a part naming another component
-    replaces the base's. ``reference`` quotes the paper's reported result, shown by
-    ``energyat describe``.
+    replaces the base's. ``reference`` quotes the paper's reported result and
+    ``reference_backbone`` names the backbone it was measured on (the preset may default
+    to a smaller one); ``energyat describe method NAME`` shows both, with
+    :meth:`reproduce_command`.
     """
 
     name: str
@@ -47,6 +49,13 @@ class Method:
     settings: dict[str, Any] = field(default_factory=dict)
     based_on: str | None = None
     reference: str = ""
+    reference_backbone: str | None = None
+
+    def reproduce_command(self) -> str | None:
+        """The command that trains this preset on the reference backbone and dataset (CIFAR-10)."""
+        if self.reference_backbone is None:
+            return None
+        return f"energyat train --method {self.name} --backbone {self.reference_backbone} --dataset cifar10"
 
     def extend(self, base: Method) -> Method:
         """This preset on top of ``base`` (``based_on`` resolved)."""
@@ -63,4 +72,5 @@ class Method:
             settings={**base.settings, **self.settings},
             based_on=None,
             reference=self.reference,
+            reference_backbone=self.reference_backbone,  # a number is measured on one backbone: never inherited
         )

@@ -195,7 +195,9 @@ def pgd(
 
     Returns a detached tensor of ``x``'s shape and dtype, in [0,1] and within the ball.
     The model's mode is not changed and no gradient reaches its parameters' ``.grad``.
-    Works under ``torch.autocast``. FGSM is this function with ``steps=1``.
+    Works under ``torch.autocast``. FGSM is this function with ``steps=1``. With ``eps == 0``
+    the ball is the point ``x``: it is returned without a pass through the model and
+    without drawing random numbers, so that an ``--eps 0`` run trains exactly as clean training.
     """
     _check_choice(norm, NORMS, "norm")
     _check_choice(objective, OBJECTIVES, "objective")
@@ -206,6 +208,8 @@ def pgd(
         raise ValueError(f"restarts must be at least 1, got {restarts}")
     if eps < 0:
         raise ValueError(f"eps must be non-negative, got {eps}")
+    if eps == 0:
+        return x.detach().clone()
 
     x = x.detach()
     y = y.detach()

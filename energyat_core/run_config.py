@@ -30,6 +30,7 @@ from typing import Any, Literal
 from energyat_core.errors import ConfigError
 from energyat_core.kinds import KIND, RUN_KINDS
 from energyat_core.options import as_dict, build_config, first_field, option, resolved_types
+from energyat_core.threat import DEFAULT_EPS, ThreatModel
 
 
 @dataclass
@@ -77,6 +78,19 @@ class RunConfig:
     )
     gamma: float = option(0.1, "multistep: lr factor at each milestone", gt=0)
     warmup: float = option(0.25, "onecycle/cyclic: fraction of training spent rising to the peak lr", ge=0, le=1)
+    momentum_cycle: tuple[float, ...] = option(
+        (),
+        "onecycle/cyclic with SGD: momentum LOW,HIGH moved inversely to the lr (HIGH where the lr is lowest), as "
+        "torch's OneCycleLR (0.85,0.95) and CyclicLR (0.8,0.9) do by default; empty: constant --momentum",
+        ge=0,
+        lt=1,
+    )
+    early_stop: bool = option(
+        False,
+        "Wong et al.'s --early-stop: after each epoch, PGD-5 (step eps/4) on the epoch's first training batch; when "
+        "its accuracy falls by more than 20 points from the epoch before, training stops and the run keeps that "
+        "epoch's weights (guards fast AT against catastrophic overfitting)",
+    )
     seed: int = option(0, "random seed (data order, augmentation, initialisation, attacks)", ge=0, lt=2**32)
     device: Literal["auto", "cpu", "cuda"] = option("auto", "auto picks cuda when available")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = option("auto", "auto: bf16 on CUDA, fp32 on CPU")
@@ -85,11 +99,26 @@ class RunConfig:
     augment: bool | None = option(
         None, "random crop (4px padding) and horizontal flip; default: on, except for the synthetic dataset"
     )
-    attack_bn: Literal["eval", "train"] = option("eval", "BatchNorm mode of the model while the training attack runs")
+    attack_bn: Literal["eval", "train"] = option(
+        "eval",
+        "BatchNorm mode of the model while the training attack runs (each preset follows its authors' code: "
+        "train for pgd-at, fgsm-rs, fgsm-sdi; eval for trades)",
+    )
     eval_n: int = option(512, "held-out test images used for the per-epoch clean/robust accuracy", ge=1)
     eval_steps: int = option(10, "PGD steps of the per-epoch robust accuracy (0: clean accuracy only)", ge=0)
-    eps: float = option(8 / 255, "threat-model radius of the per-epoch evaluation", ge=0)
-    norm: Literal["linf", "l2"] = option("linf", "threat model of the per-epoch evaluation")
+    eps: float | None = option(
+        None,
+        "radius of the run's threat model: the training attack, the per-epoch evaluation and `energyat eval` use it "
+        "(0: clean training through the same attack); none: 8/255 for linf, 0.5 for l2",
+        ge=0,
+    )
+    norm: Literal["linf", "l2"] = option("linf", "norm of the run's threat model (training attack and evaluation)")
+    step: float | None = option(
+        None,
+        "absolute step size of the training attack (e.g. 2/255); none: the attack's rule relative to eps "
+        "(pgd eps/4, fgsm-rs 1.25*eps, trades 0.007 at 8/255: `energyat describe attack NAME`)",
+        gt=0,
+    )
     max_train: int | None = option(None, "use only the first N training images (quick experiments)", ge=1)
     log: tuple[str, ...] = option(
         (),
@@ -101,11 +130,29 @@ class RunConfig:
     parts: dict[str, Part] = field(default_factory=dict, repr=False, metadata={"part": True})
 
     def check(self) -> None:
-        """Cross-setting rules (called once, when the config is built)."""
+        """Cross-setting rules and the default radius of the norm (called once, when the config is built)."""
+        if self.eps is None:
+            self.eps = DEFAULT_EPS[self.norm]
+        if self.momentum_cycle:
+            if len(self.momentum_cycle) != 2 or self.momentum_cycle[0] > self.momentum_cycle[1]:
+                raise ValueError(
+                    f"momentum_cycle takes LOW,HIGH with LOW <= HIGH, e.g. 0.85,0.95 (got {self.momentum_cycle})"
+                )
+            if self.schedule not in ("onecycle", "cyclic") or self.optimizer != "sgd":
+                raise ValueError(
+                    "momentum_cycle needs --optimizer sgd and --schedule onecycle or cyclic "
+                    f"(got {self.optimizer}, {self.schedule}); or clear it with --momentum-cycle ''"
+                )
         if self.norm == "linf" and self.eps > 1:
             raise ValueError(
                 f"an L-inf radius above 1 covers every image in [0, 1] (eps {self.eps:g}); e.g. --eps 8/255"
             )
+
+    @property
+    def threat(self) -> ThreatModel:
+        """The run's threat model (``eps`` resolved to the norm's default when it was not given)."""
+        eps = DEFAULT_EPS[self.norm] if self.eps is None else self.eps
+        return ThreatModel(eps=eps, norm=self.norm, step=self.step)
 
     # -- parts ---------------------------------------------------------------------------
     def spec(self, kind: str) -> str | None:
@@ -213,6 +260,13 @@ def build(registry: Any, layer: Layer, kinds: tuple[str, ...] | None = None) -> 
             continue
         entry, config = registry.config(kind.name, name, opts)
         cfg.parts[kind.name] = Part(entry.name, as_dict(config), config)
+        norms = getattr(entry.cls, "norms", None)
+        if norms is not None and cfg.norm not in norms:
+            raise ConfigError(
+                f"{kind.name} '{entry.name}' does not support the run's norm {cfg.norm} "
+                f"(it supports {', '.join(norms)})",
+                f"use --norm {norms[0]}, or another {kind.name} (`energyat describe {kind.name}` lists them)",
+            )
     return cfg
 
 
@@ -287,6 +341,11 @@ def compose(
     file_values = load_file(config_file) if config_file else {}
     layers: list[Layer] = []
     method = given.get("method") or method or file_values.get("method")
+    if method is not None and not isinstance(method, str):
+        raise ConfigError(
+            f"the method must be a preset name, got {type(method).__name__} {method!r}",
+            'write it as method = "NAME" (`energyat describe method` lists them)',
+        )
     if method:
         layers.append(method_layer(registry.method(method)))
     if file_values:

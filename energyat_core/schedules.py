@@ -1,7 +1,8 @@
-"""Learning-rate schedules as pure functions of training progress.
+"""Learning-rate (and momentum) schedules as pure functions of training progress.
 
-The engine sets the lr before every batch from ``lr_at(step, total_steps, ...)``; a
-schedule therefore has no state of its own, and resuming only needs the step count.
+The engine sets the lr before every batch from ``lr_at(step, total_steps, ...)`` and, with
+a momentum cycle, the SGD momentum from :func:`momentum_at`; a schedule therefore has no
+state of its own, and resuming only needs the step count.
 """
 
 from __future__ import annotations
@@ -53,3 +54,26 @@ def lr_at(
             return lr * t / warmup
         return lr * (1 - t) / max(1 - warmup, 1e-12)
     raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def momentum_at(
+    step: int, total_steps: int, *, schedule: str, cycle: Sequence[float], warmup: float = 0.25
+) -> float | None:
+    """The SGD momentum for batch ``step`` when ``cycle = (low, high)`` is set, else ``None``.
+
+    Momentum moves inversely to the lr, as torch's schedulers do by default: ``high`` where
+    the lr is lowest, ``low`` at the peak. ``onecycle`` anneals it with cosines (OneCycleLR,
+    default 0.85-0.95: WEAT's code); ``cyclic`` moves it linearly (CyclicLR, default 0.8-0.9:
+    Wong et al.'s train_fgsm.py).
+    """
+    if not cycle:
+        return None
+    low, high = cycle
+    t = min(max(step / max(total_steps, 1), 0.0), 1.0)
+    rising = t < warmup  # the lr rises (momentum falls) until the peak at ``warmup``
+    frac = t / warmup if rising else (t - warmup) / max(1 - warmup, 1e-12)
+    if schedule == "onecycle":
+        return _cos_anneal(high, low, frac) if rising else _cos_anneal(low, high, frac)
+    if schedule == "cyclic":
+        return high - (high - low) * frac if rising else low + (high - low) * frac
+    raise ValueError(f"a momentum cycle needs the cyclic or onecycle schedule, not {schedule!r}")

@@ -35,6 +35,7 @@ from energyat_core.build import (
     training_loader,
 )
 from energyat_core.components import Attack, Batch, DataSource, Loss, RunContext, Weighter
+from energyat_core.early_stop import CHECK_STEPS, check_accuracy, collapsed
 from energyat_core.epoch_eval import held_out_eval
 from energyat_core.epoch_stats import EpochStats, PassCounter
 from energyat_core.errors import NonFiniteError
@@ -45,7 +46,7 @@ from energyat_core.registry import Registry
 from energyat_core.run_config import RunConfig
 from energyat_core.run_dir import STATE_FILE, Staging, read_metrics, truncate_metrics, write_config
 from energyat_core.run_record import record_invocation
-from energyat_core.schedules import lr_at
+from energyat_core.schedules import lr_at, momentum_at
 from energyat_core.step_log import StepLog, step_values
 from energyat_core.summary import epoch_line, robust_text, summary
 from energyat_core.training_state import Counters, Trainable, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -100,6 +101,7 @@ class Trainer:
             seed=cfg.seed,
             dist=self.dist,
             registry=registry,
+            threat=cfg.threat,
         )
         self.components = build_components(registry, cfg, self.ctx)
         if self.dist.enabled:
@@ -112,6 +114,9 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.total_steps = cfg.epochs * len(self.loader)
         self.counters = Counters()
+        #: the current epoch's first training batch (``--early-stop`` checks it) and whether it stopped the run
+        self.first_batch: tuple[torch.Tensor, torch.Tensor] = (self.eval_x[:0], self.eval_y[:0])
+        self.stopped_early = False
 
     @property
     def epoch(self) -> int:
@@ -171,17 +176,26 @@ class Trainer:
             )
             while self.epoch < last:
                 progress.update(task, description=f"epoch {self.epoch + 1}/{self.cfg.epochs}")
-                history.append(self.run_epoch(progress, task))
+                record = self.run_epoch(progress, task)
+                if record is None:
+                    break
+                history.append(record)
                 progress.update(task, robust=robust_text(history[-1:]))
         if history and not self.quiet:
             self.console.print(summary(history[-1], self.cfg, self.counters, self.run_dir))
         return history
 
-    def run_epoch(self, progress, task) -> dict[str, Any]:
-        """Train one epoch, evaluate, checkpoint and log it; its record."""
+    def run_epoch(self, progress, task) -> dict[str, Any] | None:
+        """Train one epoch, evaluate, checkpoint and log it; its record (``None``: ``--early-stop`` ended the run)."""
         train = self.train_epoch(progress, task)
         self.counters.epoch += 1
         self.counters.elapsed += train["epoch_seconds"]
+        if self.cfg.early_stop:
+            check = check_accuracy(self.model, *self.first_batch, self.cfg.threat, self.dist, self.autocast)
+            if collapsed(self.counters.early_stop_acc, check):
+                self._stop_early(check)
+                return None
+            self.counters.early_stop_acc = train["early_stop_acc"] = check
         evals = self.evaluate()
         record = {
             "epoch": self.epoch,
@@ -209,6 +223,8 @@ class Trainer:
         check_every = max(1, n_batches // 20)  # one host sync every few batches, not every step
         self.step_log.restart_clock()
         for i, (x, y) in enumerate(self.loader.epoch(self.epoch)):
+            if i == 0:
+                self.first_batch = (x, y)  # what --early-stop checks after the epoch (Wong et al.)
             values = self.train_step(x, y, stats, measure=self.step_log.due(self.counters.step + 1))
             if values is not None:
                 self.step_log.log_step(self.counters.step, self.epoch + 1, values)
@@ -231,6 +247,7 @@ class Trainer:
             "fwd_per_sample": (self.passes.forward - fwd0) / local_seen,
             "bwd_per_sample": (self.passes.backward - bwd0) / local_seen,
             "epoch_seconds": seconds,
+            **stats.energy_summary(self.dist),
         }
 
     def train_step(
@@ -247,10 +264,11 @@ class Trainer:
         self._set_lr()
         with model_mode(model, training=cfg.attack_bn == "train"), self.autocast():
             x_adv = attack(model, x, y)
-        batch = Batch(model, x, y, x_adv.detach())
+        batch = Batch(model, x, y, x_adv if x_adv is x else x_adv.detach())  # no attack: one forward, not two
         with self.autocast():
             per_sample = loss_fn(batch)
             weights = weighter(batch)
+            stats.add_energies(batch)
         loss = (weights.detach().float() * per_sample.float()).mean()
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -278,12 +296,29 @@ class Trainer:
         return x, y
 
     def _set_lr(self) -> None:
-        """The scheduled learning rate of the current step, on every parameter group."""
-        cfg = self.cfg
+        """The scheduled learning rate (and cycled momentum, if any) of the current step, on every parameter group."""
+        cfg, step = self.cfg, self.counters.step
         schedule = {k: getattr(cfg, k) for k in ("schedule", "lr", "milestones", "gamma", "warmup")}
-        lr = lr_at(self.counters.step, self.total_steps, **schedule)
+        lr = lr_at(step, self.total_steps, **schedule)
+        momentum = momentum_at(
+            step, self.total_steps, schedule=cfg.schedule, cycle=cfg.momentum_cycle, warmup=cfg.warmup
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+            if momentum is not None:
+                group["momentum"] = momentum
+
+    def _stop_early(self, check: float) -> None:
+        """``--early-stop`` saw a collapse: go back to the last checkpoint (the epoch before) and end the run."""
+        before, epoch = self.counters.early_stop_acc, self.epoch
+        self.counters, _ = load_checkpoint(self.run_dir, self.trainable, self.device)
+        self.stopped_early = True
+        if not self.quiet:
+            self.console.print(
+                f"[yellow]early stop:[/] PGD-{CHECK_STEPS} accuracy on the first training batch fell from "
+                f"{100 * before:.1f}% to {100 * check:.1f}% in epoch {epoch} (catastrophic overfitting); "
+                f"the run keeps epoch {self.epoch}'s weights"
+            )
 
     def _check_finite(self, loss_sum: float) -> None:
         if not math.isfinite(loss_sum):

@@ -42,6 +42,7 @@ class Counters:
     step: int = 0  # optimiser steps taken
     best_robust: float = -1.0  # best per-epoch PGD accuracy so far
     elapsed: float = 0.0  # seconds spent in training epochs
+    early_stop_acc: float = 0.0  # --early-stop: the last epoch's PGD-5 accuracy on its first training batch
 
 
 @dataclass
@@ -133,7 +134,15 @@ def load_checkpoint(run_dir: Path, trainable: Trainable, device: torch.device) -
 #: what a state file must hold besides the counters, and its type
 STATE_PARTS = {"model": dict, "optimizer": dict, "rng": list, "components": dict}
 #: the counters' bounds: name -> (lowest, highest or None); epoch and step are integers
-COUNTER_BOUNDS = {"epoch": (0, None), "step": (0, None), "best_robust": (-1.0, 1.0), "elapsed": (0.0, None)}
+COUNTER_BOUNDS = {
+    "epoch": (0, None),
+    "step": (0, None),
+    "best_robust": (-1.0, 1.0),
+    "elapsed": (0.0, None),
+    "early_stop_acc": (0.0, 1.0),
+}
+#: counters added after the first release: a state file without them takes the default
+LATER_COUNTERS = {"early_stop_acc": 0.0}
 
 
 def checked_counters(state: dict[str, Any], source: str) -> Counters:
@@ -155,7 +164,7 @@ def checked_counters(state: dict[str, Any], source: str) -> Counters:
             raise CheckpointError(f"the training state '{source}' has no valid '{key}'", fix)
     values: dict[str, Any] = {}
     for name, (low, high) in COUNTER_BOUNDS.items():
-        value: Any = state.get(name)
+        value: Any = state.get(name, LATER_COUNTERS.get(name))
         integer = isinstance(low, int)
         number = isinstance(value, int) if integer else isinstance(value, (int, float)) and math.isfinite(value)
         if isinstance(value, bool) or not number or value < low or (high is not None and value > high):

@@ -155,12 +155,12 @@ def test_core_tests_use_no_first_party_plugin():
 
 
 def test_one_new_option_is_one_line(monkeypatch, tmp_path, cli):
-    """Add ``scale`` to the example plugin's attack (one declaration) and use it everywhere."""
+    """Add ``shrink`` to the example plugin's attack (one declaration) and use it everywhere."""
     from energyat_example.plugin import UniformNoise
 
     @dataclass
     class Config(UniformNoise.Config):  # type: ignore[name-defined]
-        scale: float = option(1.0, "multiplies the noise radius", gt=0, le=1)  # the one line
+        shrink: float = option(1.0, "multiplies the noise radius", gt=0, le=1)  # the one line
 
     monkeypatch.setattr(UniformNoise, "Config", Config)
     monkeypatch.setenv("COLUMNS", "200")  # tables unwrapped
@@ -168,19 +168,19 @@ def test_one_new_option_is_one_line(monkeypatch, tmp_path, cli):
     base += ["--eval-steps", "1", "--epochs", "1", "--batch-size", "32", "--device", "cpu", "--quiet"]
 
     code, out, _ = cli("describe", "attack", "noise")  # describe
-    assert code == 0 and "scale" in out and "multiplies the noise radius" in out and "> 0, <= 1" in out
+    assert code == 0 and "shrink" in out and "multiplies the noise radius" in out and "> 0, <= 1" in out
 
-    code, _, err = cli("train", "--attack", "noise", "--set", "attack.scale=0.5", *base, "--out", tmp_path / "a")
+    code, _, err = cli("train", "--attack", "noise", "--set", "attack.shrink=0.5", *base, "--out", tmp_path / "a")
     assert code == 0, err  # --set
     saved = json.loads((tmp_path / "a" / "config.json").read_text())
-    assert saved["attack"] == {"name": "noise", "eps": pytest.approx(8 / 255), "scale": 0.5}  # config.json
+    assert saved["attack"] == {"name": "noise", "scale": 1.0, "shrink": 0.5}  # config.json
 
     toml = tmp_path / "run.toml"
-    toml.write_text('[attack]\nname = "noise"\nscale = 0.25\n')
+    toml.write_text('[attack]\nname = "noise"\nshrink = 0.25\n')
     code, _, err = cli("train", "--config", toml, *base, "--out", tmp_path / "b")
     assert code == 0, err  # TOML
-    assert json.loads((tmp_path / "b" / "config.json").read_text())["attack"]["scale"] == 0.25
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["attack"]["shrink"] == 0.25
 
-    code, _, err = cli("train", "--attack", "noise", "--set", "attack.scale=2", *base, "--out", tmp_path / "c")
-    assert code == 2 and "option 'scale' must be > 0, <= 1, got '2'" in err  # validated, one line
+    code, _, err = cli("train", "--attack", "noise", "--set", "attack.shrink=2", *base, "--out", tmp_path / "c")
+    assert code == 2 and "option 'shrink' must be > 0, <= 1, got '2'" in err  # validated, one line
     assert len(err.strip().splitlines()) == 1

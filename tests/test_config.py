@@ -54,9 +54,9 @@ def test_cross_setting_rule(registry):
 
 
 def test_parse_sets():
-    assert parse_sets(["attack.steps=7", "loss.label_smoothing=0.1"]) == {
+    assert parse_sets(["attack.steps=7", "loss.smoothing=0.1"]) == {
         "attack": {"steps": "7"},
-        "loss": {"label_smoothing": "0.1"},
+        "loss": {"smoothing": "0.1"},
     }
     with pytest.raises(ConfigError, match="KIND.OPTION=VALUE"):
         parse_sets(["steps=7"])
@@ -66,12 +66,12 @@ def test_parse_sets():
 
 def test_precedence_preset_file_flags_sets(registry, tmp_path):
     toml = tmp_path / "run.toml"
-    toml.write_text("epochs = 7\nlr = 0.5\nschedule = 'constant'\n[attack]\neps = 0.1\n")
-    cfg = compose(registry, method="noise-at", config_file=str(toml), flags={"lr": "0.02"}, sets=["attack.eps=0.2"])
+    toml.write_text("epochs = 7\nlr = 0.5\nschedule = 'constant'\n[attack]\nscale = 0.1\n")
+    cfg = compose(registry, method="noise-at", config_file=str(toml), flags={"lr": "0.02"}, sets=["attack.scale=0.2"])
     assert cfg.spec("attack") == "noise" and cfg.method == "noise-at"
     assert cfg.epochs == 7 and cfg.schedule == "constant"  # file over preset
     assert cfg.lr == 0.02  # flag over file
-    assert cfg.parts["attack"].config.eps == 0.2  # --set over file
+    assert cfg.parts["attack"].config.scale == 0.2  # --set over file
 
 
 def test_based_on_extends_the_base_preset(registry):
@@ -89,8 +89,8 @@ def test_changing_a_component_drops_the_presets_options(registry):
 def test_compose_validates_component_options(registry):
     with pytest.raises(ConfigError, match="attack 'noise' has no option 'epz'"):
         compose(registry, method="noise-at", sets=["attack.epz=3"])
-    with pytest.raises(ConfigError, match=r"attack 'noise' option 'eps' must be > 0.*--set attack.eps="):
-        compose(registry, method="noise-at", sets=["attack.eps=-1"])
+    with pytest.raises(ConfigError, match=r"attack 'noise' option 'scale' must be > 0.*--set attack.scale="):
+        compose(registry, method="noise-at", sets=["attack.scale=-1"])
     with pytest.raises(ConfigError, match="unknown backbone 'resnet9000'"):
         compose(registry, flags={"backbone": "resnet9000"})
 
@@ -98,7 +98,8 @@ def test_compose_validates_component_options(registry):
 def test_document_round_trip(registry):
     cfg = compose(registry, method="noise-focal", flags={"eps": "4/255"}, sets=["dataset.n_train=300"])
     doc = json.loads(cfg.to_json())
-    assert doc["attack"] == {"name": "noise", "eps": pytest.approx(8 / 255)}
+    assert doc["attack"] == {"name": "noise", "scale": 1.0}
+    assert doc["eps"] == pytest.approx(4 / 255) and doc["norm"] == "linf" and doc["step"] is None  # the threat model
     assert doc["weighter"] == {"name": "focal", "gamma": 1.0}
     assert doc["dataset"]["name"] == "synthetic" and doc["dataset"]["n_train"] == 300
     again = RunConfig.from_dict(doc, registry)
@@ -106,9 +107,9 @@ def test_document_round_trip(registry):
 
 
 def test_legacy_config_json_is_read(registry):
-    old = {"attack": "noise", "options": {"attack": {"eps": 0.1}}, "backbone": "small_cnn", "epochs": 2}
+    old = {"attack": "noise", "options": {"attack": {"scale": 0.1}}, "backbone": "small_cnn", "epochs": 2}
     cfg = RunConfig.from_dict(old, registry)
-    assert cfg.parts["attack"].config.eps == 0.1 and cfg.spec("backbone") == "small_cnn"
+    assert cfg.parts["attack"].config.scale == 0.1 and cfg.spec("backbone") == "small_cnn"
 
 
 def test_bad_config_file(tmp_path, registry):

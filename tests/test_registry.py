@@ -22,8 +22,8 @@ def test_core_components_are_registered_through_hooks(registry):
 
 
 def test_create_validates_and_coerces(registry):
-    loss = registry.create("loss", "ce", label_smoothing="0.5")
-    assert loss.config.label_smoothing == 0.5 and loss.name == "ce"
+    loss = registry.create("loss", "ce", smoothing="0.5")
+    assert loss.config.smoothing == 0.5 and loss.name == "ce"
 
 
 def test_unknown_component_lists_available(registry):
@@ -37,20 +37,20 @@ def test_unknown_component_says_to_install_a_plugin(registry):
 
 
 def test_unknown_option_lists_valid_ones(registry):
-    with pytest.raises(ConfigError, match=r"has no option 'smoothing'.*valid options: on, label_smoothing"):
-        registry.create("loss", "ce", smoothing=0.1)
+    with pytest.raises(ConfigError, match=r"has no option 'label_smoothing'.*valid options: on, smoothing"):
+        registry.create("loss", "ce", label_smoothing=0.1)
 
 
 def test_wrong_type_names_expected_type(registry):
-    with pytest.raises(ConfigError, match=r"option 'label_smoothing' expects float, got 'abc'"):
-        registry.create("loss", "ce", label_smoothing="abc")
+    with pytest.raises(ConfigError, match=r"option 'smoothing' expects float, got 'abc'"):
+        registry.create("loss", "ce", smoothing="abc")
     with pytest.raises(ConfigError, match=r"option 'on' expects one of 'adv', 'clean'"):
         registry.create("loss", "ce", on="both")
 
 
 def test_out_of_range_value_is_a_config_error(registry):
-    with pytest.raises(ConfigError, match=r"option 'label_smoothing' must be >= 0, < 1, got 1.5"):
-        registry.create("loss", "ce", label_smoothing=1.5)
+    with pytest.raises(ConfigError, match=r"option 'smoothing' must be >= 0, < 1, got 1.5"):
+        registry.create("loss", "ce", smoothing=1.5)
 
 
 def test_unknown_kind(registry):

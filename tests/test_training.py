@@ -7,6 +7,7 @@ is core's PGD (the one of the per-epoch evaluation) in a test-local component.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 
 from energyat_core.api import Attack, default_step, pgd
 from energyat_core.core_plugin import CrossEntropy
+from energyat_core.epoch_stats import ENERGY_EVERY
 from energyat_core.errors import NonFiniteError
 from energyat_core.run_config import compose
 from energyat_core.testing import (
@@ -69,16 +71,26 @@ def test_adversarial_training_beats_standard_training_under_attack(tmp_path, reg
         "robust_acc",
         "energy_clean",
         "energy_adv",
+        "train_energy_clean",
+        "train_energy_clean_std",
+        "train_energy_adv",
+        "train_energy_adv_std",
         "lr",
         "img_per_s",
         "fwd_per_sample",
         "bwd_per_sample",
     ):
         assert key in adv[-1]
-    # PGD-5 AT: 5 attack steps (forward+backward) + 1 training forward/backward per sample
-    assert adv[-1]["fwd_per_sample"] == pytest.approx(6.0)
+    # PGD-5 AT: 5 attack steps (forward+backward) + 1 training forward/backward per sample, plus the
+    # clean energies (which CE on x_adv does not compute) measured by one forward on every 10th batch
+    batches = 2000 // 128  # QUICK_SETS' training images in full batches of 128
+    energy_forwards = math.ceil(batches / ENERGY_EVERY) / batches
+    assert adv[-1]["fwd_per_sample"] == pytest.approx(6.0 + energy_forwards)
     assert adv[-1]["bwd_per_sample"] == pytest.approx(6.0)
-    assert std[-1]["fwd_per_sample"] == pytest.approx(1.0)
+    assert std[-1]["fwd_per_sample"] == pytest.approx(1.0)  # no attack: both energies from the one forward
+    assert std[-1]["train_energy_adv"] == std[-1]["train_energy_clean"]
+    assert adv[-1]["train_energy_adv"] > adv[-1]["train_energy_clean"]  # the attack raises the energy
+    assert adv[-1]["train_energy_clean_std"] > 0
 
 
 def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):

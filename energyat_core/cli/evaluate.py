@@ -20,6 +20,7 @@ from energyat_core.registry import get_registry
 from energyat_core.run_config import parse_sets
 from energyat_core.sanity import print_warnings, sanity_checks
 from energyat_core.saved_run import load_run, load_weights_file
+from energyat_core.threat import DEFAULT_EPS, ThreatModel
 
 
 def add_commands(app: typer.Typer) -> None:
@@ -40,12 +41,21 @@ def evaluate(
     data_dir: str = typer.Option(None, "--data-dir", help="Where the dataset is read from."),
     checkpoint: str = typer.Option("model", "--checkpoint", help="model (last epoch) or best (best PGD epoch)."),
     n: int = typer.Option(
-        1000, "--n", help="Number of test images (the first N; 0 = all); >= 0.", callback=at_least(0, "--n", 1000)
+        0,
+        "--n",
+        help="Number of test images, the first N (0, the default: the whole test split, as papers and "
+        "RobustBench report); >= 0.",
+        callback=at_least(0, "--n", 0),
     ),
     batch_size: int = typer.Option(
         256, "--batch-size", help="Evaluation batch size; >= 1.", callback=at_least(1, "--batch-size", 256)
     ),
-    eps: str = typer.Option(None, "--eps", help="Threat radius, e.g. 8/255 (default: the run's)."),
+    eps: str = typer.Option(
+        None,
+        "--eps",
+        help="Threat radius, e.g. 8/255 (default: the run's, which it was trained at; with another --norm, "
+        "8/255 for linf and 0.5 for l2).",
+    ),
     norm: str = typer.Option(None, "--norm", help="linf or l2 (default: the run's)."),
     evaluator: list[str] = typer.Option(
         None,
@@ -94,7 +104,10 @@ def evaluate(
     norm_value = norm or cfg.norm
     if norm_value not in ("linf", "l2"):
         raise ConfigError(f"unknown --norm '{norm_value}'", "use linf or l2")
-    eps_value = _eps(eps, norm_value) if eps is not None else cfg.eps
+    if eps is not None:
+        eps_value = _eps(eps, norm_value)
+    else:
+        eps_value = cfg.threat.eps if norm_value == cfg.norm else DEFAULT_EPS[norm_value]
 
     count = len(run.data.test_y) if n == 0 else min(n, len(run.data.test_y))
     x = (run.data.test_x[:count].float() / 255).to(dev)
@@ -121,6 +134,7 @@ def evaluate(
                 precision=precision,
                 seed=seed,
                 registry=registry,
+                threat=ThreatModel(eps=eps_value, norm=norm_value),  # type: ignore[arg-type]
                 extras={"progress": progress, "console": console},
             )
             for ev in evaluators:

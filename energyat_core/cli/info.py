@@ -99,7 +99,10 @@ def describe(
         title = escape(f"method '{m.name}': {plain_text(m.help)}")
         console.print(table(title, ["part", "name / setting", "options / value"], _plain(rows)))
         if m.reference:
-            console.print(f"reference: {m.reference}")
+            console.print(f"reference: {escape(m.reference)}")
+        command = m.reproduce_command()
+        if command:
+            console.print(f"reference backbone: {m.reference_backbone}; to reproduce: {escape(command)}")
         return
     if kind not in KIND:
         raise ConfigError(f"unknown component kind '{kind}'", f"use one of: {kind_names('method', 'run')}")

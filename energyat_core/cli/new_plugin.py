@@ -81,17 +81,19 @@ from energyat_core.api import Attack, hookimpl, option, pgd
 
 
 class {cls}(Attack):
-    """One-step L-inf attack (FGSM): x + eps * sign(grad of the cross-entropy)."""
+    """One-step attack (FGSM): x + step * sign(grad of the cross-entropy), in the run's eps-ball."""
 
     @dataclass
     class Config:
-        eps: float = option(8 / 255, "L-inf radius (8/255 works)", gt=0, le=1)
+        step_ratio: float = option(1.0, "step size as a multiple of the run's eps (1: FGSM)", gt=0)
 
     def perturb(self, model, x, y):
+        # the radius and norm are the run's threat model (--eps, --norm), in self.threat;
         # a one-step PGD without a random start is FGSM; pgd takes the input gradient itself
         # and returns a detached tensor in [0,1] of x's shape
-        eps = self.config.eps
-        return pgd(model, x, y, eps=eps, alpha=eps, steps=1, random_start="none")
+        threat = self.threat
+        alpha = threat.step_size(self.config.step_ratio)
+        return pgd(model, x, y, eps=threat.eps, alpha=alpha, steps=1, norm=threat.norm, random_start="none")
 
 
 @hookimpl
@@ -104,8 +106,7 @@ LOSS = '''\
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-from energyat_core.api import Loss, hookimpl, option
+from energyat_core.api import Loss, hookimpl, option, smoothed_cross_entropy
 
 
 class {cls}(Loss):
@@ -113,12 +114,11 @@ class {cls}(Loss):
 
     @dataclass
     class Config:
-        label_smoothing: float = option(0.0, "label smoothing", ge=0, lt=1)
+        smoothing: float = option(0.0, "label smoothing: mass moved from the true class to the others", ge=0, lt=1)
 
     def __call__(self, batch):
         # batch.logits_adv is model(batch.x_adv), computed once and shared with the weighter
-        smoothing = self.config.label_smoothing
-        return F.cross_entropy(batch.logits_adv, batch.y, reduction="none", label_smoothing=smoothing)
+        return smoothed_cross_entropy(batch.logits_adv, batch.y, self.config.smoothing)
 
 
 @hookimpl
@@ -267,8 +267,8 @@ def test_{ident}_samples():
 TRAIN = "`energyat train --{kind} {name}`"
 KINDS = {
     # kind: (component template, test template, test flags, README usage line)
-    "attack": (ATTACK, TRAIN_TEST, '"--attack", "{name}", "--set", "attack.eps=4/255"', TRAIN),
-    "loss": (LOSS, TRAIN_TEST, '"--loss", "{name}", "--set", "loss.label_smoothing=0.1"', TRAIN),
+    "attack": (ATTACK, TRAIN_TEST, '"--attack", "{name}", "--eps", "4/255", "--set", "attack.step_ratio=0.5"', TRAIN),
+    "loss": (LOSS, TRAIN_TEST, '"--loss", "{name}", "--set", "loss.smoothing=0.1"', TRAIN),
     "weighter": (WEIGHTER, TRAIN_TEST, '"--weighter", "{name}", "--set", "weighter.boost=1"', TRAIN),
     "sampler": (SAMPLER, SAMPLER_TEST, "", '`ctx.create("sampler", "{name}")` in a component\'s `setup`'),
     "backbone": (BACKBONE, TRAIN_TEST, '"--backbone", "{name}", "--set", "backbone.width=8"', TRAIN),

@@ -95,8 +95,8 @@ def draw_histogram(
     y = run.data.test_y[:count].to(dev)
     torch.manual_seed(seed)
     e_clean, e_adv = plotting.sample_energies(
-        run.model, x, y, eps=run.cfg.eps, norm=run.cfg.norm, steps=steps, batch_size=batch_size
+        run.model, x, y, eps=run.cfg.threat.eps, norm=run.cfg.norm, steps=steps, batch_size=batch_size
     )
-    threat = f"{'L-inf' if run.cfg.norm == 'linf' else 'L2'} {eps_text(run.cfg.eps, run.cfg.norm)}"
+    threat = f"{'L-inf' if run.cfg.norm == 'linf' else 'L2'} {eps_text(run.cfg.threat.eps, run.cfg.norm)}"
     title = f"{run_dir.resolve().name}: E(x) of {count} test images, PGD-{steps} {threat}"
     return plotting.plot_energy_histogram(e_clean, e_adv, path, title=title)

@@ -16,13 +16,13 @@ computed on already gets the updated generator's initialisation (as in the autho
 
 Model mode during the generator update (a design choice, documented in the plugin's docs):
 the update replays the engine's training step without touching the model. ``g`` and
-``delta1`` are computed in the mode the engine runs the attack in (``--attack-bn``, eval by
-default), exactly as the attack that will use ``G``'s output; the loss that ``G`` ascends is
-computed with the model in *train* mode, because that is the mode in which the engine computes
-the loss the model descends, so ``G`` and the model play the same game on the same quantity.
-The model's BatchNorm running statistics are frozen during the update (core's
-``frozen_running_stats``: batch statistics are used, the running ones stay bit for bit), its
-mode is restored after it (``model_mode``), and gradients reach ``G``'s parameters only
+``delta1`` are computed in the mode the engine runs the attack in (``--attack-bn``; the
+preset sets train, as the released code), exactly as the attack that will use ``G``'s
+output; the loss that ``G`` ascends is computed with the model in *train* mode, because
+that is the mode in which the engine computes the loss the model descends, so ``G`` and the
+model play the same game on the same quantity. The model's BatchNorm running statistics are
+frozen during the update (core's ``frozen_running_stats``: batch statistics are used, the
+running ones stay bit for bit), its mode is restored after it (``model_mode``), and gradients reach ``G``'s parameters only
 (``torch.autograd.grad``), so the update leaves no trace on the model. With ``--attack-bn
 train`` every pass runs in train mode, which is what the released code does (its model never
 leaves train mode).
@@ -42,19 +42,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from energyat_core.api import (
     Attack,
     DistInfo,
     RunContext,
+    ThreatModel,
     average_buffers,
     average_gradients,
     frozen_running_stats,
     model_mode,
     objective_values,
     option,
+    smoothed_cross_entropy,
 )
 from energyat_fgsm_sdi.generator import Generator
 
@@ -63,24 +64,22 @@ from energyat_fgsm_sdi.generator import Generator
 class FGSMSDIConfig:
     """Options of the ``fgsm-sdi`` attack."""
 
-    eps: float = option(8 / 255, "L-inf radius; the generator outputs tanh(.) * eps", gt=0)
-    alpha: float | None = option(None, "FGSM step size taken from x + delta0; none: equal to eps (8/255)", gt=0)
+    step_ratio: float = option(
+        1.0, "FGSM step taken from x + delta0, as a multiple of the run's eps (1: alpha = eps, as the paper)", gt=0
+    )
     update_every: int = option(
         20, "update the generator once every this many batches (the run's first batch included)", ge=1
     )
     lr: float = option(1e-3, "learning rate of the generator's Adam optimiser (constant)", gt=0)
     weight_decay: float = option(5e-4, "weight decay of the generator's Adam optimiser", ge=0)
-    label_smoothing: float = option(
-        0.5,
-        "label smoothing of the CE on f(x_adv) that the generator maximises; keep it equal to loss.label_smoothing",
+    smoothing: float = option(
+        0.1,
+        "label smoothing of the CE on f(x_adv) that the generator maximises (true class 1 - smoothing, the others "
+        "share the rest; their --factor 0.9 is 0.1); keep it equal to loss.smoothing",
         ge=0,
         lt=1,
     )
     channels: int = option(64, "hidden channels of the generator (64 in the paper)", ge=1)
-
-    def resolved_alpha(self) -> float:
-        """``alpha``, or ``eps`` when it is not set."""
-        return self.eps if self.alpha is None else self.alpha
 
 
 def input_grad_sign(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -101,9 +100,11 @@ class FGSMSDI(Attack):
     """
 
     Config = FGSMSDIConfig
+    #: the generator's tanh output and the sign step are L-inf constructions
+    norms = ("linf",)
 
-    def __init__(self, config: FGSMSDIConfig | None = None) -> None:
-        super().__init__(config)
+    def __init__(self, config: FGSMSDIConfig | None = None, threat: ThreatModel | None = None) -> None:
+        super().__init__(config, threat)
         self.generator: Generator | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         #: attack calls so far; the generator is updated when ``step % update_every == 0``
@@ -115,7 +116,8 @@ class FGSMSDI(Attack):
 
     # -- construction -------------------------------------------------------------------
     def setup(self, ctx: RunContext) -> None:
-        """Build the generator and its optimiser on the run's device (seeded by the run's seed)."""
+        """Take the run's threat model; build the generator and its optimiser on the run's device (seeded)."""
+        super().setup(ctx)
         channels = ctx.data.image_shape[0] if ctx.data is not None else 3
         self.build(ctx.device, image_channels=channels, seed=ctx.seed)
         self.dist = ctx.dist if ctx.dist is not None else DistInfo()
@@ -128,7 +130,7 @@ class FGSMSDI(Attack):
         """
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            generator = Generator(self.config.eps, image_channels=image_channels, channels=self.config.channels)
+            generator = Generator(self.threat.eps, image_channels=image_channels, channels=self.config.channels)
         self.generator = generator.to(device).eval()
         self.optimizer = torch.optim.Adam(
             self.generator.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
@@ -154,8 +156,9 @@ class FGSMSDI(Attack):
 
     def fgsm_step(self, model: nn.Module, x_start: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``delta1 = clip(alpha * sign(grad CE(f(x_start), y)), -eps, eps)``, model in its current mode."""
-        eps = self.config.eps
-        return (self.config.resolved_alpha() * input_grad_sign(model, x_start, y)).clamp(-eps, eps)
+        eps = self.threat.eps
+        alpha = self.threat.step_size(self.config.step_ratio)
+        return (alpha * input_grad_sign(model, x_start, y)).clamp(-eps, eps)
 
     def finish(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta0: torch.Tensor) -> torch.Tensor:
         """From ``delta0`` to ``x_adv``: one FGSM step from ``x + delta0``, clip to the ball, clamp to [0,1].
@@ -163,14 +166,14 @@ class FGSMSDI(Attack):
         Differentiable with respect to ``delta0`` (``delta1`` is a constant, as in the paper):
         the generator's update backpropagates through this function.
         """
-        eps = self.config.eps
+        eps = self.threat.eps
         delta1 = self.fgsm_step(model, x + delta0.detach(), y)
         delta = (delta0 + delta1).clamp(-eps, eps)
         return (x + delta).clamp(0.0, 1.0)
 
     def generator_objective(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """What the generator maximises: mean label-smoothed CE on ``f(x_adv)`` (the model's loss)."""
-        return F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing)
+        return smoothed_cross_entropy(logits, y, self.config.smoothing).mean()
 
     def update_generator(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, g_in: torch.Tensor) -> None:
         """One Adam step of the generator on ``-objective``; the model is left exactly as it was."""

@@ -41,8 +41,8 @@ class Generator(nn.Module):
 
     def __init__(self, eps: float, image_channels: int = 3, channels: int = 64) -> None:
         super().__init__()
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps}")
+        if not eps >= 0:
+            raise ValueError(f"eps must be non-negative, got {eps}")
         if image_channels < 1 or channels < 1:
             raise ValueError("image_channels and channels must be at least 1")
         self.eps = float(eps)

@@ -4,7 +4,7 @@ All three call :func:`energyat_core.api.pgd`; FGSM and FGSM-RS are PGD with a si
 and differ only in their start and step size:
 
 * ``pgd`` (Madry et al. 2018): random start ``U(-eps, eps)``, 10 steps of
-  :func:`~energyat_core.api.default_step` (2/255 at 8/255);
+  :func:`~energyat_core.api.default_step` (eps/4: 2/255 at 8/255);
 * ``fgsm`` (Goodfellow et al. 2015): no random start, one step of ``eps``;
 * ``fgsm-rs`` (Wong et al. 2020): random start ``U(-eps, eps)``, one step of ``1.25 * eps``.
 """
@@ -17,14 +17,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from energyat_core.api import Attack, default_step, option, pgd
+from energyat_core.api import Attack, ThreatModel, default_step, option, pgd
 
-#: default radius per threat model (methods.md: L-inf 8/255, L2 0.5)
-DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
-
-_NORM_HELP = (
-    "threat model: linf (sign-gradient steps, box projection) or l2 (normalised-gradient steps, ball projection)"
-)
 _OBJECTIVE_HELP = (
     "what the attack maximises: ce (cross-entropy), kl (KL(p(x) || p(x')) as in TRADES; "
     "start with random_start=normal, its gradient vanishes at x), cw (margin max_{k!=y} f_k - f_y)"
@@ -37,39 +31,33 @@ _START_HELP = (
 
 @dataclass
 class _GradientAttackOptions:
-    """The options every attack of this plugin shares, and the values they resolve to.
+    """The options every attack of this plugin shares.
 
-    ``alpha`` is declared again by each attack with its own default rule
-    (:meth:`default_alpha`); single-step attacks have ``steps`` and ``restarts`` fixed to 1.
+    The radius and norm are not options: they are the run's threat model (``--eps``,
+    ``--norm``), which the attack reads from :attr:`~energyat_core.api.Attack.threat`. The
+    step is relative to the radius (``step_ratio``, each attack with its own default rule in
+    :meth:`default_ratio`), so that it scales with ``--eps``; the run's ``--step`` replaces it
+    by an absolute step. Single-step attacks have ``steps`` and ``restarts`` fixed to 1.
     """
 
-    eps: float | None = option(None, "radius of the threat model; none: 8/255 for linf, 0.5 for l2", gt=0)
-    alpha: float | None = option(None, "step size; none: the attack's default", gt=0)
-    norm: Literal["linf", "l2"] = option("linf", _NORM_HELP)
+    step_ratio: float | None = option(None, "step size as a multiple of eps; none: the attack's rule", gt=0)
     objective: Literal["ce", "kl", "cw"] = option("ce", _OBJECTIVE_HELP)
     random_start: Literal["uniform", "normal", "none"] = option("uniform", _START_HELP)
 
     # each attack provides ``steps`` and ``restarts`` (options of ``pgd``, 1 for single-step attacks)
 
-    def default_alpha(self, eps: float) -> float:
-        """The step size when ``alpha`` is not set."""
+    def default_ratio(self) -> float:
+        """The step as a multiple of eps when ``step_ratio`` is not set."""
         raise NotImplementedError
 
-    def resolved_eps(self) -> float:
-        """``eps``, or the default radius of the chosen norm."""
-        return DEFAULT_EPS[self.norm] if self.eps is None else self.eps
-
-    def resolved_alpha(self) -> float:
-        """``alpha``, or this attack's default step size for the resolved ``eps``."""
-        return self.default_alpha(self.resolved_eps()) if self.alpha is None else self.alpha
-
-    def pgd_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`energyat_core.api.pgd` these options mean."""
+    def pgd_kwargs(self, threat: ThreatModel) -> dict[str, Any]:
+        """The keyword arguments of :func:`energyat_core.api.pgd` these options mean in ``threat``."""
+        ratio = self.default_ratio() if self.step_ratio is None else self.step_ratio
         return {
-            "eps": self.resolved_eps(),
-            "alpha": self.resolved_alpha(),
+            "eps": threat.eps,
+            "alpha": threat.step_size(ratio),
             "steps": self.steps,  # type: ignore[attr-defined]
-            "norm": self.norm,
+            "norm": threat.norm,
             "objective": self.objective,
             "random_start": self.random_start,
             "restarts": self.restarts,  # type: ignore[attr-defined]
@@ -80,8 +68,10 @@ class _GradientAttackOptions:
 class PGDConfig(_GradientAttackOptions):
     """Options of the ``pgd`` attack."""
 
-    alpha: float | None = option(
-        None, "step size; none: eps/4 (2/255 at 8/255 linf) from 10 steps on, else 2.5*eps/steps", gt=0
+    step_ratio: float | None = option(
+        None,
+        "step size as a multiple of eps; none: 1/4 (2/255 at 8/255, Madry et al.) from 10 steps on, else 2.5/steps",
+        gt=0,
     )
     steps: int = option(10, "number of gradient steps K", ge=1)
     restarts: int = option(
@@ -90,16 +80,16 @@ class PGDConfig(_GradientAttackOptions):
         ge=1,
     )
 
-    def default_alpha(self, eps: float) -> float:
-        """Core's rule for a PGD step nobody set (Madry et al.)."""
-        return default_step(eps, self.steps)
+    def default_ratio(self) -> float:
+        """Core's rule for a PGD step nobody set (Madry et al.), relative to eps."""
+        return default_step(1.0, self.steps)
 
 
 @dataclass
 class FGSMConfig(_GradientAttackOptions):
     """Options of the ``fgsm`` attack (one step)."""
 
-    alpha: float | None = option(None, "step size; none: eps (Goodfellow et al. 2015)", gt=0)
+    step_ratio: float | None = option(None, "step size as a multiple of eps; none: 1 (Goodfellow et al. 2015)", gt=0)
     random_start: Literal["uniform", "normal", "none"] = option("none", _START_HELP)
 
     @property
@@ -112,21 +102,23 @@ class FGSMConfig(_GradientAttackOptions):
         """One run, by definition."""
         return 1
 
-    def default_alpha(self, eps: float) -> float:
+    def default_ratio(self) -> float:
         """FGSM steps to the edge of the ball."""
-        return eps
+        return 1.0
 
 
 @dataclass
 class FGSMRSConfig(FGSMConfig):
     """Options of the ``fgsm-rs`` attack (random start, then one step)."""
 
-    alpha: float | None = option(None, "step size; none: 1.25 * eps (Wong et al. 2020)", gt=0)
+    step_ratio: float | None = option(
+        None, "step size as a multiple of eps; none: 1.25 (Wong et al. 2020, train_fgsm.py --alpha 10 at eps 8)", gt=0
+    )
     random_start: Literal["uniform", "normal", "none"] = option("uniform", _START_HELP)
 
-    def default_alpha(self, eps: float) -> float:
+    def default_ratio(self) -> float:
         """Wong et al.'s step from a random start."""
-        return 1.25 * eps
+        return 1.25
 
 
 class PGD(Attack):
@@ -135,8 +127,8 @@ class PGD(Attack):
     Config = PGDConfig
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``x_adv`` from :func:`energyat_core.api.pgd` with this attack's resolved options."""
-        return pgd(model, x, y, **self.config.pgd_kwargs())
+        """``x_adv`` from :func:`energyat_core.api.pgd` with this attack's options in the run's threat model."""
+        return pgd(model, x, y, **self.config.pgd_kwargs(self.threat))
 
 
 class FGSM(PGD):

@@ -12,7 +12,7 @@ WEAT = Method(
     help=(
         "Weighted Energy Adversarial Training (Mirza et al., ECCV 2024): the TRADES loss (beta 6) with per-sample "
         "weights 1/softplus(|E(x)|) from the clean marginal energy on both terms; x_adv as TRADES (KL objective, "
-        "10 steps of 2/255 in the 8/255 L-inf ball from x + 0.001*N(0,I)). Variant 'nat' (CE on x, default); "
+        "10 steps of 0.007 at 8/255 in the run's eps-ball from x + 0.001*N(0,I)). Variant 'nat' (CE on x, default); "
         "variant 'adv' (CE on x_adv): --set loss.ce_on=adv. Their schedule: SGD lr 0.1, momentum 0.9, wd 5e-4, "
         "batch 128, 100 epochs, OneCycle (peak 0.1, 25% warm-up) stepped per batch"
     ),
@@ -24,6 +24,7 @@ WEAT = Method(
     # TRADES' optimiser (SGD lr 0.1, momentum 0.9, batch 128) with WEAT's epochs, weight decay and OneCycle
     settings={"epochs": 100, "weight_decay": 5e-4, "schedule": "onecycle", "warmup": 0.25},
     reference="Mirza et al., ECCV 2024 (arXiv:2407.06315); no reference number is pinned by energyat's specification",
+    reference_backbone="resnet18",
 )
 
 

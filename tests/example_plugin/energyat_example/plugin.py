@@ -10,14 +10,18 @@ from energyat_core.api import Attack, Batch, Method, Weighter, hookimpl, option
 
 
 class UniformNoise(Attack):
-    """Random uniform noise in the L-inf ball (a baseline: no gradient, one draw per sample)."""
+    """Random uniform noise in the run's L-inf ball, scaled (a baseline: no gradient, one draw per sample)."""
+
+    #: uniform noise in a box: an L-inf construction
+    norms = ("linf",)
 
     @dataclass
     class Config:
-        eps: float = option(8 / 255, "L-inf radius of the noise", gt=0, le=1)
+        scale: float = option(1.0, "noise amplitude as a fraction of the run's eps", gt=0, le=1)
 
     def perturb(self, model, x, y):
-        noise = torch.empty_like(x).uniform_(-self.config.eps, self.config.eps)
+        radius = self.config.scale * self.threat.eps
+        noise = torch.empty_like(x).uniform_(-radius, radius)
         return (x + noise).clamp(0, 1)
 
 
@@ -48,7 +52,7 @@ def register_weighters(register):
 NOISE_AT = Method(
     name="noise-at",
     help="Training on inputs with uniform noise in the 8/255 ball (an example preset)",
-    parts={"attack": ("noise", {"eps": 8 / 255}), "loss": ("ce", {})},
+    parts={"attack": ("noise", {"scale": 1.0}), "loss": ("ce", {})},
     settings={"epochs": 3, "lr": 0.05, "schedule": "cosine"},
 )
 
