@@ -14,7 +14,8 @@ WEAT = Method(
         "weights 1/softplus(|E(x)|) from the clean marginal energy on both terms; x_adv as TRADES (KL objective, "
         "10 steps of 0.007 at 8/255 in the run's eps-ball from x + 0.001*N(0,I)). Variant 'nat' (CE on x, default); "
         "variant 'adv' (CE on x_adv): --set loss.ce_on=adv. Their schedule: SGD lr 0.1, momentum 0.9, wd 5e-4, "
-        "batch 128, 100 epochs, OneCycle (peak 0.1, 25% warm-up) stepped per batch"
+        "batch 128, 100 epochs, OneCycle (peak 0.1, 25% warm-up, momentum cycled 0.95-0.85-0.95 as torch's "
+        "OneCycleLR does) stepped per batch"
     ),
     based_on="trades",
     parts={
@@ -22,7 +23,14 @@ WEAT = Method(
         "weighter": ("energy", {}),
     },
     # TRADES' optimiser (SGD lr 0.1, momentum 0.9, batch 128) with WEAT's epochs, weight decay and OneCycle
-    settings={"epochs": 100, "weight_decay": 5e-4, "schedule": "onecycle", "warmup": 0.25},
+    # (torch's OneCycleLR, which their code uses, also cycles SGD momentum 0.95 -> 0.85 -> 0.95 by default)
+    settings={
+        "epochs": 100,
+        "weight_decay": 5e-4,
+        "schedule": "onecycle",
+        "warmup": 0.25,
+        "momentum_cycle": (0.85, 0.95),
+    },
     reference="Mirza et al., ECCV 2024 (arXiv:2407.06315); no reference number is pinned by energyat's specification",
     reference_backbone="resnet18",
 )
