@@ -1,12 +1,32 @@
 """energyat: adversarial training seen through energy-based models.
 
+From Python (:mod:`energyat_core.library`, docs/python.md)::
+
+    import energyat_core as ea
+    run = ea.train(method="pgd-at", epochs=2, out="runs/demo")
+    model = ea.load("runs/demo")
+    x_adv = ea.attack("pgd", model, eps=8 / 255, steps=10)(x, y)
+    report = ea.evaluate(model, (x, y), attacks=["fgsm"])
+
 The plugin contract is in :mod:`energyat_core.hookspecs`; components derive from the
-bases in :mod:`energyat_core.components`; :func:`energyat_core.registry.get_registry`
-lists and creates them.
+bases in :mod:`energyat_core.components`; plugins import from :mod:`energyat_core.api`.
 """
+
+from typing import Any
 
 from energyat_core.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "hookimpl"]
+#: the library functions, imported on first use so that a plugin importing ``hookimpl`` stays light
+_LIBRARY = ("train", "load", "attack", "evaluate", "Run", "AttackFn")
+
+__all__ = ["__version__", "hookimpl", *_LIBRARY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LIBRARY:
+        from energyat_core import library
+
+        return getattr(library, name)
+    raise AttributeError(f"module 'energyat_core' has no attribute {name!r}")

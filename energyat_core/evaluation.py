@@ -15,11 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from energyat_core.components import Evaluator
+from energyat_core.components import Attack, Evaluator, RunContext
 from energyat_core.energy import marginal_energy
 from energyat_core.modes import model_mode
 from energyat_core.options import option
 from energyat_core.perturbation import OBJECTIVES, default_step, pgd
+from energyat_core.threat import ThreatModel
 
 
 def batched(n: int, batch_size: int) -> Iterable[slice]:
@@ -151,3 +152,26 @@ def report(
             group_worst &= per_attack[key].to(group_worst.device)
         result[report_field] = round(100 * group_worst.float().mean().item(), 2)
     return result
+
+
+class AttackEvaluator(Evaluator):
+    """Any registered attack as an evaluator (``energyat eval --attack NAME``): a point counts as
+    robust when the model still classifies the attack's ``x_adv`` right (model in eval mode)."""
+
+    def __init__(self, attack: Attack) -> None:
+        super().__init__(attack.config)
+        self.attack = attack
+        self.name = attack.name
+
+    def setup(self, ctx: RunContext) -> None:
+        """Set the attack up as a run would (threat model, device, seed)."""
+        self.attack.setup(ctx)
+
+    def run(self, model, x, y, *, eps, norm, batch_size):
+        self.attack.threat = ThreatModel(eps=eps, norm=norm, step=self.attack.threat.step)
+        masks = []
+        for s in batched(len(x), batch_size):
+            x_adv = self.attack(model, x[s], y[s])
+            with torch.no_grad():
+                masks.append(model(x_adv).argmax(1) == y[s])
+        return {self.attack.name: torch.cat(masks)}

@@ -30,7 +30,7 @@ from typing import Any, Literal
 from energyat_core.errors import ConfigError
 from energyat_core.kinds import KIND, RUN_KINDS
 from energyat_core.options import as_dict, build_config, first_field, option, resolved_types
-from energyat_core.threat import DEFAULT_EPS, ThreatModel
+from energyat_core.threat import DEFAULT_EPS, ThreatModel, check_norm
 
 
 @dataclass
@@ -260,13 +260,8 @@ def build(registry: Any, layer: Layer, kinds: tuple[str, ...] | None = None) -> 
             continue
         entry, config = registry.config(kind.name, name, opts)
         cfg.parts[kind.name] = Part(entry.name, as_dict(config), config)
-        norms = getattr(entry.cls, "norms", None)
-        if norms is not None and cfg.norm not in norms:
-            raise ConfigError(
-                f"{kind.name} '{entry.name}' does not support the run's norm {cfg.norm} "
-                f"(it supports {', '.join(norms)})",
-                f"use --norm {norms[0]}, or another {kind.name} (`energyat describe {kind.name}` lists them)",
-            )
+        if kind.name == "attack":
+            check_norm(getattr(entry.cls, "norms", None), kind.name, entry.name, cfg.norm)
     return cfg
 
 

@@ -11,8 +11,9 @@ are attack options relative to ``eps`` (``step_ratio``), so that they scale with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+from energyat_core.errors import ConfigError
 from energyat_core.options import display_value
 
 #: the radius of each norm when ``--eps`` is not given (methods.md: L-inf 8/255, L2 0.5)
@@ -38,3 +39,15 @@ class ThreatModel:
     def describe(self) -> str:
         """``L-inf 8/255`` or ``L2 0.5``, as tables and errors name it."""
         return f"{'L-inf' if self.norm == 'linf' else 'L2'} {display_value(self.eps)}"
+
+
+def check_norm(norms: Any, kind: str, name: str, norm: str, fix: str = "--norm {}") -> None:
+    """ConfigError naming both when a component's ``norms`` (``None``: any) do not include ``norm``.
+
+    ``fix`` shows how to choose a supported norm, with ``{}`` for its name (``--norm {}``).
+    """
+    if norms is not None and norm not in norms:
+        raise ConfigError(
+            f"{kind} '{name}' does not support the run's norm {norm} (it supports {', '.join(norms)})",
+            f"use {fix.format(norms[0])}, or another {kind} (`energyat describe {kind}` lists them)",
+        )

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from energyat_core.cli.evaluate import build_evaluators
+from energyat_core.cli.evaluate import merge_options
 from energyat_core.errors import ConfigError
 from energyat_core.evaluation import eps_text, report
 from energyat_core.testing import quick_train
@@ -53,6 +53,11 @@ def test_report_is_the_per_point_worst_case():
 )
 def test_eps_text(eps, norm, text):
     assert eps_text(eps, norm) == text
+
+
+def build_evaluators(registry, specs, options):
+    """The evaluators ``energyat eval --evaluator SPEC --set evaluator.KEY=VALUE`` builds."""
+    return [registry.create("evaluator", n, **o) for n, o in merge_options(registry, "evaluator", specs, options)]
 
 
 def test_evaluator_options_plain_qualified_and_unknown(registry):

@@ -9,18 +9,17 @@ import torch
 import typer
 from rich.console import Console
 
+from energyat_core import library
 from energyat_core.cli.flags import at_least
-from energyat_core.components import RunContext
 from energyat_core.errors import ConfigError
-from energyat_core.evaluation import batched, predict, report
-from energyat_core.options import as_dict, parse_number
-from energyat_core.precision import autocast, resolve_device
+from energyat_core.options import parse_number
+from energyat_core.precision import resolve_device
 from energyat_core.progress import table, task_progress
 from energyat_core.registry import get_registry
 from energyat_core.run_config import parse_sets
 from energyat_core.sanity import print_warnings, sanity_checks
 from energyat_core.saved_run import load_run, load_weights_file
-from energyat_core.threat import DEFAULT_EPS, ThreatModel
+from energyat_core.threat import DEFAULT_EPS
 
 
 def add_commands(app: typer.Typer) -> None:
@@ -57,19 +56,30 @@ def evaluate(
         "8/255 for linf and 0.5 for l2).",
     ),
     norm: str = typer.Option(None, "--norm", help="linf or l2 (default: the run's)."),
+    attack: list[str] = typer.Option(
+        None,
+        "--attack",
+        metavar="NAME[:VALUE]",
+        help="Any attack as an evaluator (repeatable): a point counts as robust only if it survives it; options with "
+        "--set attack.OPTION=VALUE or attack.NAME.OPTION=VALUE, e.g. --attack pgd --set attack.steps=50. "
+        "`energyat describe attack` lists them.",
+    ),
     evaluator: list[str] = typer.Option(
         None,
         "--evaluator",
         metavar="NAME[:VALUE]",
-        help="Evaluators to run (repeatable; default pgd); the text after ':' sets the evaluator's first option. "
+        help="Evaluators to run (repeatable; default pgd when no --attack is given); the text after ':' sets the "
+        "evaluator's first option. "
         "`energyat describe evaluator` lists them.",
     ),
     set_: list[str] = typer.Option(
         None,
         "--set",
-        metavar="evaluator.[NAME.]OPTION=VALUE",
-        help="Evaluator option evaluator.OPTION=VALUE (applies to every evaluator that has it), or "
-        "evaluator.NAME.OPTION=VALUE for one evaluator, e.g. --set evaluator.pgd.steps=50.",
+        metavar="KIND.[NAME.]OPTION=VALUE",
+        help="Option of the evaluators (evaluator.OPTION=VALUE: every evaluator that has it; "
+        "evaluator.NAME.OPTION=VALUE: that one) or of the --attack attacks (attack.OPTION=VALUE, "
+        "attack.NAME.OPTION=VALUE), e.g. "
+        "--set evaluator.pgd.steps=50.",
     ),
     sanity: bool = typer.Option(
         True,
@@ -114,56 +124,40 @@ def evaluate(
     y = run.data.test_y[:count].to(dev)
     model = run.model.eval()
 
-    evaluators = build_evaluators(
-        registry, list(evaluator or ["pgd"]), parse_sets(set_ or [], kinds=("evaluator",)).get("evaluator", {})
-    )
+    sets = parse_sets(set_ or [], kinds=("evaluator", "attack"))
+    evaluator_specs = list(evaluator or ([] if attack else ["pgd"]))
+    evaluators = merge_options(registry, "evaluator", evaluator_specs, sets.get("evaluator", {}))
+    attacks = merge_options(registry, "attack", list(attack or []), sets.get("attack", {}))
 
     path = out or default_out
     warnings = sanity_checks(model, x, y) if sanity else []
     print_warnings(console, warnings)
-    with autocast(dev, precision):
-        clean = torch.cat([predict(model, x[s], batch_size).argmax(1) == y[s] for s in batched(count, batch_size)])
-        per_attack: dict[str, torch.Tensor] = {}
-        groups: dict[str, list[str]] = {}
-        with task_progress(console) as progress:
-            ctx = RunContext(
-                device=dev,
-                num_classes=run.data.num_classes,
-                data=run.data,
-                run_dir=Path(run_dir) if run_dir is not None else path.parent,
-                precision=precision,
-                seed=seed,
-                registry=registry,
-                threat=ThreatModel(eps=eps_value, norm=norm_value),  # type: ignore[arg-type]
-                extras={"progress": progress, "console": console},
-            )
-            for ev in evaluators:
-                ev.setup(ctx)
-                task = progress.add_task(f"{ev.name}", total=None)
-                results = ev.run(model, x, y, eps=eps_value, norm=norm_value, batch_size=batch_size)
-                per_attack.update(results)
-                if ev.report_field:
-                    groups.setdefault(ev.report_field, []).extend(results)
-                progress.update(task, total=1, completed=1)
-    result = report(
-        clean=clean,
-        per_attack=per_attack,
-        eps=eps_value,
-        norm=norm_value,
-        dataset=cfg.spec("dataset") or "?",
-        architecture=cfg.spec("backbone") or "?",
-        groups=groups,
-    )
+    with task_progress(console) as progress:
+        result = library.evaluate(
+            model,
+            (x, y),
+            evaluators=evaluators,
+            attacks=attacks,
+            eps=eps_value,
+            norm=norm_value,
+            batch_size=batch_size,
+            precision=precision,
+            seed=seed,
+            dataset=cfg.spec("dataset") or "?",
+            architecture=cfg.spec("backbone") or "?",
+            registry=registry,
+            run_dir=Path(run_dir) if run_dir is not None else path.parent,
+            image_data=run.data,
+            extras={"progress": progress, "console": console},
+        )
     result["checkpoint"] = run.source
-    result["seed"] = seed
-    result["precision"] = precision
-    result["evaluators"] = {ev.name: as_dict(ev.config) for ev in evaluators}
     result["sanity_warnings"] = warnings
+    report_fields = {getattr(registry.get("evaluator", name).cls, "report_field", None): name for name, _ in evaluators}
     rows = [("clean", f"{result['clean_acc']:.2f}")]
     rows += [(k, f"{v:.2f}") for k, v in result["attacks"].items()]
-    for ev in evaluators:
-        if ev.report_field:
-            rows.append((f"{ev.name} (worst case over its attacks)", f"{result[ev.report_field]:.2f}"))
+    for report_field, name in report_fields.items():
+        if report_field:
+            rows.append((f"{name} (worst case over its attacks)", f"{result[report_field]:.2f}"))
     rows.append(("worst case over attacks", f"{result['robust_acc']:.2f}"))
     console.print(
         table(
@@ -191,24 +185,22 @@ def _eps(text: str, norm: str) -> float:
     return value
 
 
-def build_evaluators(registry, specs: list[str], options: dict[str, str]) -> list:
-    """Create the evaluators ``NAME[:VALUE]``; ``options`` from ``--set evaluator.OPTION`` or ``evaluator.NAME.OPTION``.
-
-    A plain option goes to every evaluator that has it, a qualified one to the named
-    evaluator only; an option that no evaluator takes is an error, not silently dropped.
-    """
+def merge_options(registry, kind: str, specs: list[str], options: dict[str, str]) -> list[tuple[str, dict]]:
+    """The components ``NAME[:VALUE]`` of ``kind`` with their options, from ``--set KIND.OPTION`` (every
+    component that has it) or ``KIND.NAME.OPTION`` (that one); an option nobody takes is an error."""
     merged: dict[str, dict] = {}
     for spec in specs:
-        entry, opts = registry.split_spec("evaluator", spec)
+        entry, opts = registry.split_spec(kind, spec)
         merged[entry.name] = opts
-    valid = {name: set(registry.get("evaluator", name).cls.Config.__dataclass_fields__) for name in merged}
+    valid = {name: set(registry.get(kind, name).cls.Config.__dataclass_fields__) for name in merged}
+    flag = "--evaluator" if kind == "evaluator" else "--attack"
     for key, value in options.items():
         target, dot, opt = key.partition(".")
         if dot:
             if target not in merged:
                 raise ConfigError(
-                    f"--set evaluator.{key} names evaluator '{target}', which is not run",
-                    f"run it with --evaluator {target}, or use one of: {', '.join(merged)}",
+                    f"--set {kind}.{key} names {kind} '{target}', which is not run",
+                    f"run it with {flag} {target}, or use one of: {', '.join(merged) or '(none)'}",
                 )
             takers = [target]
         else:
@@ -216,9 +208,9 @@ def build_evaluators(registry, specs: list[str], options: dict[str, str]) -> lis
             takers = [name for name in merged if opt.replace("-", "_") in valid[name]]
             if not takers:
                 raise ConfigError(
-                    f"no evaluator run here has an option '{key}' (running: {', '.join(merged)})",
-                    "see `energyat describe evaluator NAME` for the options",
+                    f"no {kind} run here has an option '{key}' (running: {', '.join(merged) or 'none'})",
+                    f"see `energyat describe {kind} NAME` for the options",
                 )
         for name in takers:
             merged[name][opt] = value
-    return [registry.create("evaluator", name, **opts) for name, opts in merged.items()]
+    return list(merged.items())

@@ -28,10 +28,11 @@ from energyat_core import distributed
 from energyat_core.cli.flags import at_least
 from energyat_core.errors import ConfigError, RunDirError
 from energyat_core.kinds import RUN_KINDS
+from energyat_core.library import train_config
 from energyat_core.options import display_value, resolved_types, rule_text
 from energyat_core.registry import get_registry
 from energyat_core.run_config import RunConfig, compose, setting_fields
-from energyat_core.run_dir import CONFIG_FILE, RunLock, check_out, clean_leftovers, prepare_run_dir
+from energyat_core.run_dir import CONFIG_FILE, RunLock, clean_leftovers
 from energyat_core.trainer import Trainer
 
 
@@ -203,9 +204,8 @@ def run(
 ) -> None:
     """What ``energyat train`` does with its parsed flags.
 
-    The run directory's rules (one writer, nothing replaced before the new run's first
-    checkpoint, no litter) are :mod:`energyat_core.run_dir`'s; here they are applied in
-    order: lock, clean up after a killed writer, decide where to write, build, train.
+    A new run is trained by :func:`energyat_core.library.train_config`, as ``energyat_core.train()``
+    trains it from Python.
     """
     registry = get_registry()
     console = Console()
@@ -220,25 +220,7 @@ def run(
     if out is None and info.enabled:
         raise ConfigError("--out is required under torchrun", "name the run directory, e.g. --out runs/ddp")
     run_dir = out or Path("runs") / f"{cfg.method or cfg.spec('attack')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    check_out(run_dir)
-    with contextlib.ExitStack() as stack:
-        staging = None
-        if info.is_main:  # the other ranks never write into the run directory
-            stack.enter_context(RunLock(run_dir))
-            clean_leftovers(run_dir)
-            staging = prepare_run_dir(run_dir, cfg, overwrite=overwrite)
-        if staging is not None:  # the new run is built and trained beside the old one until its first checkpoint
-            stack.callback(staging.discard)
-            staging.begin()
-        trainer = Trainer(cfg, run_dir, registry, console, quiet=quiet, staging=staging)
-        if not quiet:
-            parts = ", ".join(f"{kind} {part.name}" for kind, part in cfg.parts.items())
-            replacing = " (replacing the run there after the first epoch)" if staging is not None else ""
-            console.print(
-                f"training [bold]{cfg.method or 'custom'}[/]: {parts} on {trainer.device} ({trainer.precision})"
-                f" -> {run_dir}{replacing}"
-            )
-        trainer.fit(stop_after)
+    trainer = train_config(cfg, run_dir, registry, console, overwrite=overwrite, stop_after=stop_after, quiet=quiet)
     distributed.shutdown(trainer.dist)
 
 
