@@ -17,6 +17,9 @@ file and of the run's ``config.json``::
 
 :func:`compose` merges the layers and validates everything once (each part's options are
 built into its ``Config`` here, and the engine uses those built configs).
+
+(Over 300 lines: about a third of it is the one declaration of every run setting, from which
+the flags, config files and docs are derived.)
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 ONECYCLE_DIV = 25.0  # initial lr = peak / 25, as torch's OneCycleLR
 ONECYCLE_FINAL_DIV = 1e4  # final lr = initial / 1e4
@@ -77,3 +78,17 @@ def momentum_at(
     if schedule == "cyclic":
         return high - (high - low) * frac if rising else low + (high - low) * frac
     raise ValueError(f"a momentum cycle needs the cyclic or onecycle schedule, not {schedule!r}")
+
+
+def apply_schedule(optimizer: Any, cfg: Any, step: int, total_steps: int) -> None:
+    """Set the lr (and the cycled momentum, with ``cfg.momentum_cycle``) of batch ``step`` on every
+    parameter group of ``optimizer``, from the schedule settings of the run config ``cfg``."""
+    lr = lr_at(
+        step, total_steps, schedule=cfg.schedule, lr=cfg.lr, milestones=cfg.milestones, gamma=cfg.gamma,
+        warmup=cfg.warmup,
+    )  # fmt: skip
+    momentum = momentum_at(step, total_steps, schedule=cfg.schedule, cycle=cfg.momentum_cycle, warmup=cfg.warmup)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        if momentum is not None:
+            group["momentum"] = momentum

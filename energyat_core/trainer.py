@@ -46,7 +46,7 @@ from energyat_core.registry import Registry
 from energyat_core.run_config import RunConfig
 from energyat_core.run_dir import STATE_FILE, Staging, read_metrics, truncate_metrics, write_config
 from energyat_core.run_record import record_invocation
-from energyat_core.schedules import lr_at, momentum_at
+from energyat_core.schedules import apply_schedule
 from energyat_core.step_log import StepLog, step_values
 from energyat_core.summary import epoch_line, robust_text, summary
 from energyat_core.training_state import Counters, Trainable, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -296,17 +296,8 @@ class Trainer:
         return x, y
 
     def _set_lr(self) -> None:
-        """The scheduled learning rate (and cycled momentum, if any) of the current step, on every parameter group."""
-        cfg, step = self.cfg, self.counters.step
-        schedule = {k: getattr(cfg, k) for k in ("schedule", "lr", "milestones", "gamma", "warmup")}
-        lr = lr_at(step, self.total_steps, **schedule)
-        momentum = momentum_at(
-            step, self.total_steps, schedule=cfg.schedule, cycle=cfg.momentum_cycle, warmup=cfg.warmup
-        )
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-            if momentum is not None:
-                group["momentum"] = momentum
+        """The scheduled learning rate (and cycled momentum, if any) of the current step."""
+        apply_schedule(self.optimizer, self.cfg, self.counters.step, self.total_steps)
 
     def _stop_early(self, check: float) -> None:
         """``--early-stop`` saw a collapse: go back to the last checkpoint (the epoch before) and end the run."""
