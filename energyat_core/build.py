@@ -17,6 +17,7 @@ from energyat_core.distributed import DistInfo
 from energyat_core.errors import ConfigError
 from energyat_core.kinds import STEP_KINDS
 from energyat_core.models import Classifier, build_classifier
+from energyat_core.models.normalization import resolve_normalize
 from energyat_core.registry import Registry
 from energyat_core.run_config import RunConfig
 
@@ -31,13 +32,40 @@ def build_data(registry: Registry, cfg: RunConfig) -> ImageData:
     return data
 
 
-def build_model(registry: Registry, cfg: RunConfig, data: ImageData, device: torch.device) -> torch.nn.Module:
-    """The run's backbone wrapped with the data's normalisation, on ``device``."""
-    backbone = cast(Backbone, registry.create_part("backbone", cfg.parts["backbone"]))
-    model = build_classifier(backbone, data.num_classes, data.mean, data.std).to(device)
+def build_model(
+    registry: Registry, cfg: RunConfig, data: ImageData, device: torch.device, *, loading_weights: str | None = None
+) -> torch.nn.Module:
+    """The run's backbone behind the run's input normalisation (``cfg.normalize`` for ``data``), on ``device``.
+
+    The backbone is set up with the run's context first (a timm backbone reads the image
+    size from it to adapt its stem); ``loading_weights`` names a weights file that is loaded
+    into the model right after, so that the backbone skips its own pretrained initialisation.
+    """
+    backbone = create_backbone(registry, cfg, data, device, loading_weights=loading_weights)
+    mean, std = resolve_normalize(cfg.normalize, data.mean, data.std)
+    model = build_classifier(backbone, data.num_classes, mean, std).to(device)
     if cfg.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def create_backbone(
+    registry: Registry, cfg: RunConfig, data: ImageData, device: torch.device, *, loading_weights: str | None = None
+) -> Backbone:
+    """The run's backbone component, set up with the run's context (not built yet)."""
+    backbone = cast(Backbone, registry.create_part("backbone", cfg.parts["backbone"]))
+    extras: dict[str, Any] = {"loading_weights": loading_weights} if loading_weights else {}
+    ctx = RunContext(
+        device=device,
+        num_classes=data.num_classes,
+        data=data,
+        seed=cfg.seed,
+        registry=registry,
+        threat=cfg.threat,
+        extras=extras,
+    )
+    backbone.setup(ctx)
+    return backbone
 
 
 def build_components(registry: Registry, cfg: RunConfig, ctx: RunContext) -> dict[str, Component]:

@@ -13,7 +13,8 @@ so a crash never leaves a half-written checkpoint. What a run saves in them, and
 :mod:`energyat_core.training_state`; where, :mod:`energyat_core.run_dir`.
 
 (Over 300 lines for a reason: every check a file from someone else must pass before a tensor of
-it is used lives next to the format it checks.)
+it is used, and every fix-up made to fit it (a prefix removed, a precision converted, each said in
+one ``warning:`` line), lives next to the format it checks.)
 """
 
 from __future__ import annotations
@@ -189,14 +190,33 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-def _strip(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in STRIP_PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix) :], True
-    return key.replace("._orig_mod.", ".")
+def strip_prefixes(state: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state`` without the ``module.`` (DistributedDataParallel) and ``_orig_mod.`` (torch.compile) prefixes.
+
+    Returns the renamed state and one line per prefix removed, naming ``source`` and the count of keys.
+    """
+    counts = dict.fromkeys(STRIP_PREFIXES, 0)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        name = key
+        changed = True
+        while changed:
+            changed = False
+            for prefix in STRIP_PREFIXES:
+                if name.startswith(prefix):
+                    name, changed = name[len(prefix) :], True
+                    counts[prefix] += 1
+        if "._orig_mod." in name:
+            name = name.replace("._orig_mod.", ".")
+            counts["_orig_mod."] += 1
+        out[name] = value
+    wrappers = {"module.": "DistributedDataParallel", "_orig_mod.": "torch.compile"}
+    lines = [
+        f"checkpoint '{source}': removed the prefix '{prefix}' (a {wrappers[prefix]} wrapper) from {n} keys"
+        for prefix, n in counts.items()
+        if n
+    ]
+    return out, lines
 
 
 def _module_of(key: str) -> str:
@@ -204,22 +224,37 @@ def _module_of(key: str) -> str:
     return key.rpartition(".")[0]
 
 
-def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, hint: str = "") -> None:
+#: the buffers of a Classifier that hold its input normalisation (see docs/models.md)
+NORMALIZATION_KEYS = ("mean", "std")
+
+
+def load_weights(
+    model: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    source: str,
+    hint: str = "",
+    fixups: list[str] | None = None,
+) -> None:
     """Load ``state`` into ``model`` (a ``Classifier``), checking architecture and classes.
 
-    Accepts a full classifier state dict (as energyat saves it) or a plain backbone state
-    dict saved by anyone (then loaded into ``model.net``); ``module.`` (DDP) and
-    ``_orig_mod.`` (torch.compile) prefixes are removed. Tensors of another kind than the
-    model's (integers or booleans for float weights) and NaN values are refused; another
-    precision of the same kind (float16 into float32) is converted, with a note on stderr.
+    Accepts a full classifier state dict (as energyat saves it: ``net.*`` and the ``mean``
+    and ``std`` buffers, which may be left out to keep the model's normalisation) or a plain
+    backbone state dict saved by anyone (then loaded into ``model.net``). Fix-ups, one line
+    each: ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes are removed; another
+    precision of the same kind (float16 into float32) is converted. The lines are appended
+    to ``fixups`` when it is given, else printed as ``warning:`` lines on stderr once the
+    weights are in. Tensors of another kind than the model's (integers or booleans for float
+    weights) and NaN values are refused.
     """
-    state = {_strip(k): v for k, v in state.items()}
+    state, lines = strip_prefixes(state, source)
     target: torch.nn.Module = model
     own = model.state_dict()
+    optional: set[str] = set(NORMALIZATION_KEYS) & set(own)
     if not any(k in own for k in state) and hasattr(model, "net"):
         target = model.net  # type: ignore[assignment]  # a plain backbone state dict
         own = target.state_dict()
-    missing = [k for k in own if k not in state]
+        optional = set()
+    missing = [k for k in own if k not in state and k not in optional]
     unexpected = [k for k in state if k not in own]
     fix = hint or "build the model with the backbone and dataset the checkpoint was trained with"
     if missing or unexpected:
@@ -228,7 +263,8 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
             f" (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})",
             fix,
         )
-    head = _module_of(next(reversed(own))) if own else ""  # the output layer: the last in a state dict
+    body = [k for k in own if k not in optional]
+    head = _module_of(body[-1]) if body else ""  # the output layer: the last in a state dict
     for key, value in state.items():
         if own[key].shape != value.shape:
             if _module_of(key) == head and value.ndim >= 1 and value.shape[1:] == own[key].shape[1:]:
@@ -240,10 +276,19 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
                 f"checkpoint '{source}' has shape {tuple(value.shape)} at '{key}', the model {tuple(own[key].shape)}",
                 fix,
             )
-    converted = _check_dtypes(own, state, source)
-    if converted:
-        print(f"note: {converted}", file=sys.stderr)
-    target.load_state_dict(state)
+    converted = dtype_fixups(own, state, f"checkpoint '{source}'")
+    lines += [converted] if converted else []
+    target.load_state_dict(state, strict=not (optional - set(state)))
+    if fixups is not None:
+        fixups.extend(lines)
+    else:
+        warn_lines(lines)
+
+
+def warn_lines(lines: list[str]) -> None:
+    """Print each line as ``warning: LINE`` on stderr (a fix-up made to a file, a model that may not train well)."""
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def _dtype_kind(dtype: torch.dtype) -> str:
@@ -255,11 +300,12 @@ def _dtype_kind(dtype: torch.dtype) -> str:
     return "float" if dtype.is_floating_point else "integer"
 
 
-def _check_dtypes(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str) -> str:
+def dtype_fixups(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], what: str) -> str:
     """Refuse tensors of another kind than the model's (int8 or bool for float weights) and NaN weights.
 
-    Returns a one-line note naming the tensors whose precision differs (e.g. float16 into float32: converted
-    by ``load_state_dict``), or "" if every dtype matches.
+    ``what`` names the file (``checkpoint 'PATH'``). Returns one line naming the tensors whose
+    precision differs (e.g. float16 into float32: converted by ``load_state_dict``), or "" if
+    every dtype matches.
     """
     converted: dict[tuple[torch.dtype, torch.dtype], list[str]] = {}
     for key, value in state.items():
@@ -268,21 +314,21 @@ def _check_dtypes(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], 
             continue
         if _dtype_kind(value.dtype) != _dtype_kind(want):
             raise CheckpointError(
-                f"checkpoint '{source}' holds {_name(value.dtype)} values at '{key}', the model {_name(want)}",
+                f"{what} holds {_name(value.dtype)} values at '{key}', the model {_name(want)}",
                 "load weights saved from a model of this architecture (a quantised or damaged file cannot be loaded)",
             )
         converted.setdefault((value.dtype, want), []).append(key)
     for key, value in state.items():
         if value.is_floating_point() and bool(torch.isnan(value).any()):
             raise CheckpointError(
-                f"checkpoint '{source}' holds NaN values at '{key}'",
+                f"{what} holds NaN values at '{key}'",
                 "the model diverged before it was saved; use an earlier checkpoint",
             )
     parts = [
         f"{len(keys)} {_name(have)} tensors (e.g. '{keys[0]}') to {_name(want)}"
         for (have, want), keys in converted.items()
     ]
-    return f"checkpoint '{source}': converted {'; '.join(parts)}" if parts else ""
+    return f"{what}: converted {'; '.join(parts)}" if parts else ""
 
 
 def _name(dtype: torch.dtype) -> str:

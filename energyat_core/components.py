@@ -184,7 +184,10 @@ class Backbone(Component):
     """A network architecture: ``build(num_classes)`` returns an ``nn.Module``.
 
     The module maps normalised images (N, C, H, W) to logits (N, num_classes); core wraps
-    it with the dataset's normalisation so that models always take inputs in [0,1].
+    it with the run's normalisation (``--normalize``: the dataset's by default) so that
+    models always take inputs in [0,1]. ``setup(ctx)`` runs before ``build``, with the
+    run's data in ``ctx.data`` (its image size, e.g. to adapt a stem) and
+    ``ctx.extras["loading_weights"]`` set when the weights come from a file.
     """
 
     def build(self, num_classes: int) -> nn.Module:

@@ -131,14 +131,16 @@ def load(
     backbone: str | None = None,
     dataset: str = "cifar10",
     checkpoint: str = "model",
+    normalize: str | None = None,
     device: str | torch.device = "cpu",
     registry: Registry | None = None,
 ) -> nn.Module:
     """A trained model as a plain ``nn.Module`` on [0, 1] images, in eval mode.
 
     ``source`` is a run directory (its config names the architecture) or a safetensors
-    weights file, which needs ``backbone`` (and the ``dataset`` whose classes and
-    normalisation it was trained with).
+    weights file, which needs ``backbone`` (and the ``dataset`` whose classes it was trained
+    on); its normalisation is what the file records, else ``normalize`` (``"dataset"``,
+    ``"none"`` or ``"MEAN,STD"``, as ``--normalize``), else the dataset's.
     """
     from energyat_core.saved_run import load_run, load_weights_file
 
@@ -150,7 +152,10 @@ def load(
             raise ConfigError(
                 f"'{path}' is a weights file: load() needs its backbone", "e.g. load(path, backbone='preact_resnet18')"
             )
-        return load_weights_file(path, backbone=backbone, dataset=dataset, device=dev, registry=registry).model
+        loaded = load_weights_file(
+            path, backbone=backbone, dataset=dataset, device=dev, registry=registry, normalize=normalize
+        )
+        return loaded.model
     return load_run(path, which=checkpoint, device=dev, registry=registry).model
 
 

@@ -32,6 +32,8 @@ from typing import Any, Literal
 
 from energyat_core.errors import ConfigError
 from energyat_core.kinds import KIND, RUN_KINDS
+from energyat_core.models.normalization import HELP as NORMALIZE_HELP
+from energyat_core.models.normalization import check_normalize
 from energyat_core.options import as_dict, build_config, first_field, option, resolved_types
 from energyat_core.threat import DEFAULT_EPS, ThreatModel, check_norm
 
@@ -102,6 +104,7 @@ class RunConfig:
     augment: bool | None = option(
         None, "random crop (4px padding) and horizontal flip; default: on, except for the synthetic dataset"
     )
+    normalize: str = option("dataset", NORMALIZE_HELP)
     attack_bn: Literal["eval", "train"] = option(
         "eval",
         "BatchNorm mode of the model while the training attack runs (each preset follows its authors' code: "
@@ -136,6 +139,7 @@ class RunConfig:
         """Cross-setting rules and the default radius of the norm (called once, when the config is built)."""
         if self.eps is None:
             self.eps = DEFAULT_EPS[self.norm]
+        self.normalize = check_normalize(self.normalize)
         if self.momentum_cycle:
             if len(self.momentum_cycle) != 2 or self.momentum_cycle[0] > self.momentum_cycle[1]:
                 raise ValueError(

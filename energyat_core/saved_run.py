@@ -11,17 +11,16 @@ evaluated where the plugins it was trained with (its attack, loss, ...) are not 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
 import torch
 
 from energyat_core import checkpoint as ckpt
-from energyat_core.build import build_data, build_model
-from energyat_core.components import Backbone
+from energyat_core.build import build_data, build_model, create_backbone
 from energyat_core.data import ImageData
 from energyat_core.errors import CheckpointError, ConfigError
+from energyat_core.models.normalization import check_normalize, describe, format_normalize, recorded_normalization
 from energyat_core.options import as_dict
 from energyat_core.registry import Registry, get_registry
 from energyat_core.run_config import Part, RunConfig
@@ -35,12 +34,17 @@ _JSON_NAMES = {list: "array", str: "string", int: "number", float: "number", boo
 
 @dataclass
 class LoadedRun:
-    """A trained model with the config and data it was trained with; ``source`` is the weights file."""
+    """A trained model with the config and data it was trained with; ``source`` is the weights file.
+
+    ``warnings`` are the fix-ups made to fit the file to the model, one line each (printed as
+    ``warning:`` lines on stderr when the model was loaded).
+    """
 
     cfg: RunConfig
     model: torch.nn.Module
     data: ImageData
     source: str
+    warnings: list[str] = field(default_factory=list)
 
 
 def load_run(
@@ -82,7 +86,9 @@ def load_run(
     if data_dir is not None:
         cfg.data_dir = data_dir
     hint = f"the checkpoint was trained with backbone '{cfg.spec('backbone')}' on '{cfg.spec('dataset')}'"
-    return _loaded(cfg, registry, device, tensors, str(path), hint, from_metadata=True)
+    run = _loaded(cfg, registry, device, tensors, str(path), hint, from_metadata=True)
+    ckpt.warn_lines(run.warnings)
+    return run
 
 
 def stored_config(meta: dict[str, str], path: Path, registry: Registry) -> RunConfig:
@@ -110,13 +116,46 @@ def load_weights_file(
     device: torch.device | None = None,
     registry: Registry | None = None,
     backbone_options: dict | None = None,
+    normalize: str | None = None,
 ) -> LoadedRun:
-    """A plain state dict saved by anyone (safetensors), with the architecture named by the user."""
+    """A plain state dict saved by anyone (safetensors), with the architecture named by the user.
+
+    ``normalize`` (``dataset``, ``none`` or ``MEAN,STD``, see :mod:`energyat_core.models.normalization`)
+    is the input normalisation put in front of the backbone. ``None``: what the file records
+    (energyat's ``mean``/``std`` buffers, or its metadata ``normalization``), else the
+    dataset's, which is then said in one warning line.
+    """
     registry = registry or get_registry()
-    document = {"backbone": {"name": backbone, **(backbone_options or {})}, "dataset": dataset, "data_dir": data_dir}
+    source = str(weights)
+    if normalize is not None:
+        try:
+            normalize = check_normalize(normalize)
+        except ValueError as err:
+            raise ConfigError(
+                f"--{err}", "e.g. --normalize none, --normalize 0.5,0.25 or --normalize dataset"
+            ) from None
+    tensors, metadata = ckpt.read_safetensors(weights)
+    tensors, fixups = ckpt.strip_prefixes(tensors, source)
+    recorded = recorded_normalization(tensors, metadata, source)
+    if recorded is not None:  # the buffers are replaced by the normalisation chosen here
+        tensors = {k: v for k, v in tensors.items() if k not in ckpt.NORMALIZATION_KEYS}
+    spec = normalize if normalize is not None else format_normalize(*recorded) if recorded else "dataset"
+    document = {
+        "backbone": {"name": backbone, **(backbone_options or {})},
+        "dataset": dataset,
+        "data_dir": data_dir,
+        "normalize": spec,
+    }
     cfg = RunConfig.from_dict(document, registry, kinds=MODEL_KINDS)
-    tensors, _ = ckpt.read_safetensors(weights)
-    return _loaded(cfg, registry, device, tensors, str(weights))
+    run = _loaded(cfg, registry, device, tensors, source, fixups=fixups)
+    if normalize is None and recorded is None:
+        run.warnings.append(
+            f"'{source}' records no input normalisation: the model uses the dataset's "
+            f"({describe(run.data.mean, run.data.std)}); pass "
+            "--normalize none if the model normalises its input itself, or --normalize MEAN,STD"
+        )
+    ckpt.warn_lines(run.warnings)
+    return run
 
 
 def _loaded(
@@ -127,19 +166,23 @@ def _loaded(
     source: str,
     hint: str = "",
     from_metadata: bool = False,
+    fixups: list[str] | None = None,
 ) -> LoadedRun:
     """Build the model of ``cfg``, load ``tensors`` into it and put it in eval mode.
 
     ``from_metadata``: ``cfg`` comes from the file, not from the user; its size is checked first.
+    The fix-ups made to fit the file (``fixups`` so far, then :func:`~energyat_core.checkpoint.load_weights`'s)
+    are the run's ``warnings``, not printed here.
     """
     device = device or torch.device("cpu")
     data = build_data(registry, cfg)
     if from_metadata:
         _check_size(registry, cfg, data, tensors, source, hint)
-    model = build_model(registry, cfg, data, device)
-    ckpt.load_weights(model, {k: v.to(device) for k, v in tensors.items()}, source, hint)
+    model = build_model(registry, cfg, data, device, loading_weights=source)
+    lines = list(fixups or [])
+    ckpt.load_weights(model, {k: v.to(device) for k, v in tensors.items()}, source, hint, fixups=lines)
     model.eval()
-    return LoadedRun(cfg, model, data, source)
+    return LoadedRun(cfg, model, data, source, lines)
 
 
 def _check_size(
@@ -154,7 +197,7 @@ def _check_size(
     have = sum(v.numel() for v in tensors.values())
     fix = hint or "build the model with the backbone and dataset the checkpoint was trained with"
     try:
-        backbone = cast(Backbone, registry.create_part("backbone", cfg.parts["backbone"]))
+        backbone = create_backbone(registry, cfg, data, torch.device("meta"), loading_weights=source)
         with torch.device("meta"):
             net = backbone.build(data.num_classes)
     except RuntimeError as err:

@@ -109,7 +109,7 @@ def test_half_precision_weights_are_converted_and_said_so(cli, run):
     )
     code, _, err = cli("eval", run, *QUICK_EVAL)
     assert code == 0, err
-    notes = [line for line in err.splitlines() if line.startswith("note:")]
+    notes = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(notes) == 1 and "converted" in notes[0] and "float16" in notes[0] and "to float32" in notes[0], err
     assert (run / "eval.json").is_file()
 

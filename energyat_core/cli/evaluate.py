@@ -12,6 +12,7 @@ from rich.console import Console
 from energyat_core import library
 from energyat_core.cli.flags import at_least
 from energyat_core.errors import ConfigError
+from energyat_core.models.normalization import HELP as NORMALIZE_HELP
 from energyat_core.options import parse_number
 from energyat_core.precision import resolve_device
 from energyat_core.progress import table, task_progress
@@ -35,6 +36,13 @@ def evaluate(
     ),
     backbone: str = typer.Option(
         None, "--backbone", help="Architecture of --weights, e.g. preact_resnet18 or timm:resnet18."
+    ),
+    normalize: str = typer.Option(
+        None,
+        "--normalize",
+        help="With --weights: the "
+        + NORMALIZE_HELP
+        + " (default: what the file records, as a file written by energyat does, else the dataset's).",
     ),
     dataset: str = typer.Option(None, "--dataset", help="Dataset to evaluate on (default: the run's)."),
     data_dir: str = typer.Option(None, "--data-dir", help="Where the dataset is read from."),
@@ -102,10 +110,21 @@ def evaluate(
                 "--weights needs --backbone and --dataset", "e.g. --backbone timm:resnet18 --dataset cifar10"
             )
         run = load_weights_file(
-            weights, backbone=backbone, dataset=dataset, data_dir=data_dir, device=dev, registry=registry
+            weights,
+            backbone=backbone,
+            dataset=dataset,
+            data_dir=data_dir,
+            device=dev,
+            registry=registry,
+            normalize=normalize,
         )
         default_out = Path(weights).with_suffix(".eval.json")
     elif run_dir is not None:
+        if normalize is not None:
+            raise ConfigError(
+                "--normalize applies to --weights: a run directory records the normalisation it was trained with",
+                "drop --normalize, or evaluate the run's model.safetensors with --weights --backbone --dataset",
+            )
         run = load_run(run_dir, which=checkpoint, device=dev, registry=registry, dataset=dataset, data_dir=data_dir)
         default_out = Path(run_dir) / "eval.json"
     else:

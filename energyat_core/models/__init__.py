@@ -2,6 +2,9 @@
 
 Registered names (see ``energyat_core.core_plugin``): ``preact_resnet18``,
 ``resnet18``, ``wrn28_10``, ``wrn34_10``, ``small_cnn`` and ``timm`` (``timm:<name>``).
+:mod:`~energyat_core.models.normalization` resolves ``--normalize``; :mod:`~energyat_core.models.stem`
+adapts timm stems to small images and :mod:`~energyat_core.models.pretrained` loads local
+pretrained files into timm models (docs/models.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The model core trains: a backbone network behind the dataset's input normalisation."""
+"""The model core trains: a backbone network behind the run's input normalisation (``--normalize``, docs/models.md)."""
 
 from __future__ import annotations
 
@@ -96,5 +96,5 @@ class Classifier(nn.Module):
 
 
 def build_classifier(backbone: Backbone, num_classes: int, mean: Sequence[float], std: Sequence[float]) -> Classifier:
-    """Build ``backbone`` for ``num_classes`` classes and wrap it with the normalisation."""
+    """Build ``backbone`` for ``num_classes`` classes and wrap it with the normalisation ``mean``/``std``."""
     return Classifier(backbone.build(num_classes), mean, std)

@@ -2,28 +2,29 @@
 
 ``timm`` is imported when a model is built, not when this module is imported (the
 import is slow). Nothing here downloads: ``pretrained=False`` always, and pretrained
-weights come only from ``pretrained_file``.
+weights come only from ``pretrained_file``, read without unpickling anything but tensors.
+For images of 32x32 or smaller the stem is adapted (:mod:`energyat_core.models.stem`).
+Everything done to fit a weights file to the model is said in one ``warning:`` line each.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from energyat_core.checkpoint import read_weights_only
-from energyat_core.components import Backbone
-from energyat_core.errors import CheckpointError, ConfigError
+from energyat_core.checkpoint import warn_lines
+from energyat_core.components import Backbone, RunContext
+from energyat_core.errors import ConfigError
+from energyat_core.models.pretrained import load_pretrained
+from energyat_core.models.stem import adapt_stem, feature_map_size
 from energyat_core.options import option
 
 #: model-name prefixes that make timm fetch a config or weights from the network
 _REMOTE_PREFIXES = ("hf-hub:", "hf_hub:")
-#: keys under which training scripts commonly nest the weights
-_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema", "net")
+#: the largest image side for which ``small_input`` is on by default
+SMALL_SIDE = 32
 
 
 class TimmBackbone(Backbone):
@@ -31,7 +32,9 @@ class TimmBackbone(Backbone):
 
     The model is created with ``pretrained=False`` and ``num_classes`` of the dataset.
     ``pretrained_file`` (a .safetensors, .pth or .bin state dict) initialises it; a
-    classifier head whose shape does not fit the dataset is left freshly initialised.
+    classifier head whose shape does not fit the dataset is re-initialised, and said so.
+    On small images (``small_input``) the stem keeps the resolution; a model whose
+    feature map before the global pool is 1x1 on the data's images is warned about.
     """
 
     @dataclass
@@ -42,146 +45,114 @@ class TimmBackbone(Backbone):
         )
         in_chans: int = option(3, "input image channels", ge=1)
         drop_rate: float = option(0.0, "dropout before the classifier head (timm's drop_rate)", ge=0, lt=1)
+        small_input: bool | None = option(
+            None,
+            "adapt the stem to small images: 3x3 stride-1 first conv, no max-pool (conv1+maxpool, stem or "
+            f"conv_stem models); none: on for images of {SMALL_SIDE}x{SMALL_SIDE} or smaller",
+        )
 
         def check(self) -> None:
             if not self.model.strip():
                 raise ValueError("model must name a timm model, e.g. resnet18")
 
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        #: (C, H, W) of the run's images, from :meth:`setup` (None: not known, no stem adaptation by default)
+        self.image_shape: tuple[int, int, int] | None = None
+        #: weights are loaded into the model right after it is built (a run read back): skip ``pretrained_file``
+        self.weights_follow = False
+
+    def setup(self, ctx: RunContext) -> None:
+        """Take the image size of the run's data, and whether a weights file is loaded over the model."""
+        if ctx.data is not None:
+            self.image_shape = ctx.data.image_shape
+        self.weights_follow = bool(ctx.extras.get("loading_weights"))
+
+    @property
+    def small_input(self) -> bool:
+        """Whether the stem is adapted: the option, or (none) images no larger than 32x32."""
+        if self.config.small_input is not None:
+            return bool(self.config.small_input)
+        return self.image_shape is not None and max(self.image_shape[1:]) <= SMALL_SIDE
+
     def build(self, num_classes: int) -> nn.Module:
+        """The timm model: stem adapted (``small_input``), pretrained file loaded, feature map checked.
+
+        Warnings (a stem it cannot adapt, each fix-up of the pretrained file, a 1x1 map) are
+        printed as ``warning:`` lines on stderr; a build on the meta device (a size check) says
+        nothing and reads no file.
+        """
         c = self.config
         name = c.model.strip()
-        import timm  # slow import, deliberately lazy
-
-        if name.lower().startswith(_REMOTE_PREFIXES):
-            raise ConfigError(
-                f"timm model '{name}' would be fetched from the Hugging Face Hub",
-                "energyat does not download models; use a built-in timm architecture name and "
-                "--set backbone.pretrained_file=<local weights file>",
-            )
-        if not timm.is_model(name):
-            raise ConfigError(
-                f"unknown timm model '{name}'",
-                "see timm.list_models() for names, e.g. timm:resnet18",
-            )
-        kwargs: dict[str, Any] = {"pretrained": False, "num_classes": num_classes, "in_chans": c.in_chans}
-        if c.drop_rate > 0:
-            kwargs["drop_rate"] = c.drop_rate
-        try:
-            model = timm.create_model(name, **kwargs)
-        except TypeError as err:
-            raise ConfigError(
-                f"timm model '{name}' does not accept these options ({err})",
-                "leave drop_rate at 0 or pick another model",
-            ) from None
-        if c.pretrained_file:
-            load_pretrained(model, c.pretrained_file, name, c.in_chans)
+        model = _create(name, num_classes, c.in_chans, c.drop_rate)
+        dry = any(p.is_meta for p in model.parameters())  # built on the meta device to size it: nothing to say
+        lines: list[str] = []
+        replaced: list[str] = []
+        if self.small_input:
+            change = adapt_stem(model)
+            if change is None:
+                lines.append(
+                    f"timm model '{name}' has no stem energyat can adapt to small images (it knows conv1+maxpool, "
+                    "stem and conv_stem models): it keeps its ImageNet stem"
+                )
+            else:
+                replaced = change.replaced
+        if c.pretrained_file and not self.weights_follow and not dry:
+            lines += load_pretrained(model, c.pretrained_file, name, c.in_chans, reinit=replaced)
+        if self.image_shape is not None and not dry:
+            lines += self._check_feature_map(model, name)
+        if not dry:
+            warn_lines(lines)
         return model
 
-
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a weights file (safetensors, or a torch pickle loaded with ``weights_only``)."""
-    file = Path(path).expanduser()
-    fix = "pass an existing local .safetensors, .pth or .bin file to --set backbone.pretrained_file=..."
-    if not file.is_file():
-        raise CheckpointError(f"pretrained file '{file}' does not exist", fix)
-    raw = read_weights_only(file, "pretrained weights")
-    state = _unwrap(raw)
-    if state is None:
-        raise CheckpointError(
-            f"pretrained file '{file}' does not hold a state dict of tensors",
-            "save the weights with torch.save(model.state_dict(), path) or safetensors.torch.save_file",
-        )
-    return state
-
-
-def _unwrap(raw: Any) -> dict[str, torch.Tensor] | None:
-    """The tensor dict in ``raw``, looking one level into the usual wrapper keys."""
-    if not isinstance(raw, dict):
-        return None
-    tensors = {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-    if tensors:
-        return tensors
-    for key in _WRAPPER_KEYS:
-        if isinstance(raw.get(key), dict):
-            inner = _unwrap(raw[key])
-            if inner:
-                return inner
-    return None
-
-
-def head_prefixes(model: nn.Module) -> list[str]:
-    """Module names of the classifier head(s) of a timm model, e.g. ``["fc"]`` or ``["head.fc"]``."""
-    names: list[str] = []
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    classifier = cfg.get("classifier") if isinstance(cfg, dict) else None
-    if isinstance(classifier, str):
-        names.append(classifier)
-    elif isinstance(classifier, (list, tuple)):
-        names.extend(str(n) for n in classifier)
-    get_classifier = getattr(model, "get_classifier", None)
-    if callable(get_classifier):
+    def _check_feature_map(self, model: nn.Module, name: str) -> list[str]:
+        """One dummy forward at the data's size: a one-line ConfigError if it fails, a warning if the map is 1x1."""
+        assert self.image_shape is not None
+        c, h, w = self.image_shape
         try:
-            head = get_classifier()
-        except Exception:  # some models need arguments or have no single head
-            head = None
-        if isinstance(head, nn.Module):
-            names.extend(name for name, m in model.named_modules() if m is head and name)
-    return list(dict.fromkeys(names))
-
-
-def _strip_prefix(state: dict[str, torch.Tensor], own: set[str]) -> dict[str, torch.Tensor]:
-    """Remove wrapper prefixes (``module.``, ``net.``, ``model.``) when that makes keys match."""
-    matched = len(own.intersection(state))
-    for prefix in ("module.", "net.", "model.", "backbone."):
-        stripped = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
-        n = len(own.intersection(stripped))
-        if n > matched:
-            state, matched = stripped, n
-    return state
-
-
-def load_pretrained(model: nn.Module, path: str | os.PathLike[str], model_name: str, in_chans: int = 3) -> list[str]:
-    """Load the weights in ``path`` into ``model`` (strict=False); return the keys left untouched.
-
-    A classifier head whose shape differs from the model's is skipped (trained afresh);
-    a stem convolution trained on another number of input channels is adapted with timm's
-    ``adapt_input_conv``. Raises :class:`CheckpointError` if the file is missing or
-    unreadable, if no key matches the model, or if a body weight has the wrong shape.
-    """
-    state = read_state_dict(path)
-    own = model.state_dict()
-    state = _strip_prefix(state, set(own))
-    heads = head_prefixes(model)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    first_conv = cfg.get("first_conv") if isinstance(cfg, dict) else None
-    first_convs = [first_conv] if isinstance(first_conv, str) else list(first_conv or [])
-
-    usable: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key not in own:
-            continue
-        target = own[key]
-        if value.shape == target.shape:
-            usable[key] = value
-            continue
-        if any(key == h or key.startswith(h + ".") for h in heads):
-            continue  # a head for another number of classes: keep the fresh one
-        if any(key == f"{fc}.weight" for fc in first_convs) and value.dim() == 4 and value.shape[1] != in_chans:
-            from timm.models import adapt_input_conv
-
-            adapted = adapt_input_conv(in_chans, value.float()).to(target.dtype)
-            if adapted.shape == target.shape:
-                usable[key] = adapted
-                continue
-        raise CheckpointError(
-            f"pretrained file '{path}' does not fit timm model '{model_name}': '{key}' has shape "
-            f"{tuple(value.shape)}, the model expects {tuple(target.shape)}",
-            "use weights saved from the same architecture (same model name and options)",
+            size = feature_map_size(model, self.image_shape)
+        except Exception as err:  # any layer may refuse the size or the channels
+            reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            raise ConfigError(
+                f"timm model '{name}' does not run on {c}x{h}x{w} images ({reason})",
+                f"check --set backbone.in_chans (the images have {c} channels) and pick a model that takes "
+                f"{h}x{w} inputs (a ViT needs its own image size), e.g. timm:resnet18",
+            ) from None
+        if size != (1, 1):
+            return []
+        fix = (
+            "use larger images or a model that downsamples less"
+            if self.small_input
+            else "adapt the stem with --set backbone.small_input=true"
         )
-    if not usable:
-        raise CheckpointError(
-            f"no weight in pretrained file '{path}' matches timm model '{model_name}'",
-            "check that the file holds weights of this architecture",
+        return [
+            f"timm model '{name}' ends in a 1x1 feature map on {c}x{h}x{w} images (the global pool sees one "
+            f"position); {fix}"
+        ]
+
+
+def _create(name: str, num_classes: int, in_chans: int, drop_rate: float) -> nn.Module:
+    """``timm.create_model(name, pretrained=False, ...)``; one-line ConfigErrors for names and options."""
+    import timm  # slow import, deliberately lazy
+
+    if name.lower().startswith(_REMOTE_PREFIXES):
+        raise ConfigError(
+            f"timm model '{name}' would be fetched from the Hugging Face Hub",
+            "energyat does not download models; use a built-in timm architecture name and "
+            "--set backbone.pretrained_file=<local weights file>",
         )
-    model.load_state_dict(usable, strict=False)
-    return sorted(set(own) - set(usable))
+    if not timm.is_model(name):
+        raise ConfigError(
+            f"unknown timm model '{name}'",
+            "see timm.list_models() for names, e.g. timm:resnet18",
+        )
+    kwargs: dict[str, Any] = {"pretrained": False, "num_classes": num_classes, "in_chans": in_chans}
+    if drop_rate > 0:
+        kwargs["drop_rate"] = drop_rate
+    try:
+        return timm.create_model(name, **kwargs)
+    except TypeError as err:
+        raise ConfigError(
+            f"timm model '{name}' does not accept these options ({err})",
+            "leave drop_rate at 0 or pick another model",
+        ) from None
