@@ -7,11 +7,14 @@ The training batches' marginal energies ``E(x)`` and ``E(x_adv)`` (methods.md: t
 main diagnostic, and WEAT's argument) are summarised per epoch by their mean and spread.
 They come from the logits the step computed anyway; a side the loss did not compute (the
 clean logits of PGD-AT's CE, say) is measured by one extra forward pass without gradients,
-with frozen BatchNorm statistics, on every :data:`ENERGY_EVERY`-th batch only.
+with frozen BatchNorm statistics, on every :data:`ENERGY_EVERY`-th batch only; that pass is
+not counted in ``fwd_per_sample``, which is the method's cost.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -34,11 +37,14 @@ class PassCounter:
 
     forward: int = 0
     backward: int = 0
+    counting: bool = True
 
     def attach(self, model: torch.nn.Module) -> None:
         """Count every forward of ``model`` and the backward of every output that requires a gradient."""
 
         def on_forward(_module, _inputs, output):
+            if not self.counting:
+                return
             n = output.shape[0]
             self.forward += n
             if output.requires_grad:
@@ -48,6 +54,15 @@ class PassCounter:
 
     def _count_backward(self, n: int) -> None:
         self.backward += n
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Passes made within the block are not the method's cost (e.g. measuring energies for the log)."""
+        self.counting = False
+        try:
+            yield
+        finally:
+            self.counting = True
 
 
 @dataclass
@@ -70,18 +85,21 @@ class EpochStats:
             torch.zeros(len(ENERGY_SIDES), 3, device=device, dtype=torch.float64),
         )
 
-    def add_energies(self, batch: Batch) -> None:
+    def add_energies(
+        self, batch: Batch, uncounted: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    ) -> None:
         """Add the batch's ``E(x)`` and ``E(x_adv)``; call inside the step's autocast, before the update.
 
         A side without logits is measured on every :data:`ENERGY_EVERY`-th batch (no gradients,
-        BatchNorm statistics untouched, the model in the mode of the step's loss).
+        BatchNorm statistics untouched, the model in the mode of the step's loss), within
+        ``uncounted()`` (the trainer's :meth:`PassCounter.paused`: logging is not the method's cost).
         """
         fill = self.batches % ENERGY_EVERY == 0
         self.batches += 1
         for i, side in enumerate(ENERGY_SIDES):
             logits = _logits_of(batch, side)
             if logits is None and fill:
-                with torch.no_grad(), frozen_running_stats(batch.model):
+                with torch.no_grad(), frozen_running_stats(batch.model), uncounted():
                     logits = batch.model(batch.x if side == "clean" else batch.x_adv)
             if logits is None:
                 continue

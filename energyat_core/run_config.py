@@ -86,7 +86,8 @@ class RunConfig:
     momentum_cycle: tuple[float, ...] = option(
         (),
         "onecycle/cyclic with SGD: momentum LOW,HIGH moved inversely to the lr (HIGH where the lr is lowest), as "
-        "torch's OneCycleLR (0.85,0.95) and CyclicLR (0.8,0.9) do by default; empty: constant --momentum",
+        "torch's OneCycleLR (0.85,0.95) and CyclicLR (0.8,0.9) do by default; empty, or another schedule or "
+        "optimiser: constant --momentum",
         ge=0,
         lt=1,
     )
@@ -140,16 +141,10 @@ class RunConfig:
         if self.eps is None:
             self.eps = DEFAULT_EPS[self.norm]
         self.normalize = check_normalize(self.normalize)
-        if self.momentum_cycle:
-            if len(self.momentum_cycle) != 2 or self.momentum_cycle[0] > self.momentum_cycle[1]:
-                raise ValueError(
-                    f"momentum_cycle takes LOW,HIGH with LOW <= HIGH, e.g. 0.85,0.95 (got {self.momentum_cycle})"
-                )
-            if self.schedule not in ("onecycle", "cyclic") or self.optimizer != "sgd":
-                raise ValueError(
-                    "momentum_cycle needs --optimizer sgd and --schedule onecycle or cyclic "
-                    f"(got {self.optimizer}, {self.schedule}); or clear it with --momentum-cycle ''"
-                )
+        if self.momentum_cycle and (len(self.momentum_cycle) != 2 or self.momentum_cycle[0] > self.momentum_cycle[1]):
+            raise ValueError(
+                f"momentum_cycle takes LOW,HIGH with LOW <= HIGH, e.g. 0.85,0.95 (got {self.momentum_cycle})"
+            )
         if self.norm == "linf" and self.eps > 1:
             raise ValueError(
                 f"an L-inf radius above 1 covers every image in [0, 1] (eps {self.eps:g}); e.g. --eps 8/255"

@@ -60,14 +60,15 @@ def lr_at(
 def momentum_at(
     step: int, total_steps: int, *, schedule: str, cycle: Sequence[float], warmup: float = 0.25
 ) -> float | None:
-    """The SGD momentum for batch ``step`` when ``cycle = (low, high)`` is set, else ``None``.
+    """The SGD momentum for batch ``step`` when ``cycle = (low, high)`` is set and the schedule is
+    ``onecycle`` or ``cyclic``, else ``None`` (the momentum stays constant).
 
     Momentum moves inversely to the lr, as torch's schedulers do by default: ``high`` where
     the lr is lowest, ``low`` at the peak. ``onecycle`` anneals it with cosines (OneCycleLR,
     default 0.85-0.95: WEAT's code); ``cyclic`` moves it linearly (CyclicLR, default 0.8-0.9:
     Wong et al.'s train_fgsm.py).
     """
-    if not cycle:
+    if not cycle or schedule not in ("onecycle", "cyclic"):
         return None
     low, high = cycle
     t = min(max(step / max(total_steps, 1), 0.0), 1.0)
@@ -75,9 +76,7 @@ def momentum_at(
     frac = t / warmup if rising else (t - warmup) / max(1 - warmup, 1e-12)
     if schedule == "onecycle":
         return _cos_anneal(high, low, frac) if rising else _cos_anneal(low, high, frac)
-    if schedule == "cyclic":
-        return high - (high - low) * frac if rising else low + (high - low) * frac
-    raise ValueError(f"a momentum cycle needs the cyclic or onecycle schedule, not {schedule!r}")
+    return high - (high - low) * frac if rising else low + (high - low) * frac
 
 
 def apply_schedule(optimizer: Any, cfg: Any, step: int, total_steps: int) -> None:
@@ -87,8 +86,20 @@ def apply_schedule(optimizer: Any, cfg: Any, step: int, total_steps: int) -> Non
         step, total_steps, schedule=cfg.schedule, lr=cfg.lr, milestones=cfg.milestones, gamma=cfg.gamma,
         warmup=cfg.warmup,
     )  # fmt: skip
-    momentum = momentum_at(step, total_steps, schedule=cfg.schedule, cycle=cfg.momentum_cycle, warmup=cfg.warmup)
+    cycle = cfg.momentum_cycle if cfg.optimizer == "sgd" else ()
+    momentum = momentum_at(step, total_steps, schedule=cfg.schedule, cycle=cycle, warmup=cfg.warmup)
     for group in optimizer.param_groups:
         group["lr"] = lr
         if momentum is not None:
             group["momentum"] = momentum
+
+
+def inert_cycle_note(cfg: Any) -> str | None:
+    """A one-line note when ``cfg.momentum_cycle`` is set but its schedule or optimiser keeps the momentum
+    constant (e.g. a preset's cycle after ``--schedule cosine``), else ``None``."""
+    if not cfg.momentum_cycle or (cfg.schedule in ("onecycle", "cyclic") and cfg.optimizer == "sgd"):
+        return None
+    return (
+        f"momentum_cycle {tuple(cfg.momentum_cycle)} applies to SGD with the onecycle or cyclic schedule; "
+        f"with {cfg.optimizer} and {cfg.schedule} the momentum stays constant"
+    )

@@ -46,7 +46,7 @@ from energyat_core.registry import Registry
 from energyat_core.run_config import RunConfig
 from energyat_core.run_dir import STATE_FILE, Staging, read_metrics, truncate_metrics, write_config
 from energyat_core.run_record import record_invocation
-from energyat_core.schedules import apply_schedule
+from energyat_core.schedules import apply_schedule, inert_cycle_note
 from energyat_core.step_log import StepLog, step_values
 from energyat_core.summary import epoch_line, robust_text, summary
 from energyat_core.training_state import Counters, Trainable, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -113,6 +113,8 @@ class Trainer:
         self.eval_x, self.eval_y = eval_subset(cfg, self.data, self.device, self.dist)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.total_steps = cfg.epochs * len(self.loader)
+        if (note := inert_cycle_note(cfg)) and not self.quiet:
+            self.console.print(f"[yellow]note:[/] {note}")
         self.counters = Counters()
         #: the current epoch's first training batch (``--early-stop`` checks it) and whether it stopped the run
         self.first_batch: tuple[torch.Tensor, torch.Tensor] = (self.eval_x[:0], self.eval_y[:0])
@@ -268,7 +270,7 @@ class Trainer:
         with self.autocast():
             per_sample = loss_fn(batch)
             weights = weighter(batch)
-            stats.add_energies(batch)
+            stats.add_energies(batch, self.passes.paused)
         loss = (weights.detach().float() * per_sample.float()).mean()
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

@@ -151,14 +151,13 @@ def test_bad_checkpoints_are_one_line(cli, trained, tmp_path):
     _one_line_error(code, err, "does not exist")
 
 
-def test_example_third_party_plugin_is_listed_and_trains(cli, tmp_path):
+def test_example_third_party_plugin_is_listed_and_trains(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # the table unwrapped
     code, out, _ = cli("plugins")
     assert "energyat-example-plugin" in out and "attack: noise" in out and "weighter: focal" in out
     metrics = quick_train(tmp_path / "ex", "--attack", "noise", "--weighter", "focal", *FAST)
     assert json.loads((tmp_path / "ex" / "config.json").read_text())["attack"]["name"] == "noise"
-    # the noise attack makes no pass through the model (the forwards beyond the training one
-    # measure the clean energies on some batches, without a backward)
-    assert metrics[-1]["bwd_per_sample"] == pytest.approx(1.0) and metrics[-1]["fwd_per_sample"] < 1.5
+    assert metrics[-1]["fwd_per_sample"] == pytest.approx(1.0)  # the noise attack makes no forward pass
 
 
 def test_disable_plugins_flag(cli):

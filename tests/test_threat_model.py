@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from energyat_core import trainer as trainer_module
-from energyat_core.api import ThreatModel, pgd, smoothed_cross_entropy
+from energyat_core.api import ConfigError, ThreatModel, pgd, smoothed_cross_entropy
 from energyat_core.early_stop import collapsed
-from energyat_core.schedules import lr_at, momentum_at
+from energyat_core.schedules import inert_cycle_note, lr_at, momentum_at
 from energyat_core.testing import TINY_ARGS, compose_config, make_trainer, quick_train, run_cli
 
 NOISE = ("--attack", "noise")  # the example plugin's attack: uniform noise in the run's L-inf ball
@@ -109,9 +109,16 @@ def test_the_trainer_sets_the_cycled_momentum(registry, tmp_path):
     assert trainer.optimizer.param_groups[0]["momentum"] == pytest.approx(0.85, abs=1e-3)
 
 
-def test_a_momentum_cycle_needs_sgd_and_a_cyclic_schedule(cli, tmp_path):
-    code, _, err = cli("train", *TINY_ARGS, "--momentum-cycle", "0.85,0.95", "--out", tmp_path / "r")
-    assert code == 2 and "momentum_cycle needs --optimizer sgd and --schedule onecycle or cyclic" in err
+def test_a_momentum_cycle_without_a_cyclic_schedule_is_inert_and_said_so(registry):
+    cfg = compose_config(registry, flags={"momentum_cycle": "0.85,0.95", "schedule": "cosine"})
+    assert momentum_at(10, 100, schedule="cosine", cycle=cfg.momentum_cycle) is None
+    assert "momentum stays constant" in inert_cycle_note(cfg)
+    assert (
+        inert_cycle_note(compose_config(registry, flags={"momentum_cycle": "0.85,0.95", "schedule": "onecycle"}))
+        is None
+    )
+    with pytest.raises(ConfigError, match="LOW,HIGH with LOW <= HIGH"):
+        compose_config(registry, flags={"momentum_cycle": "0.95,0.85"})
 
 
 def test_collapse_rule():

@@ -7,7 +7,6 @@ is core's PGD (the one of the per-epoch evaluation) in a test-local component.
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
@@ -15,7 +14,6 @@ from safetensors.torch import load_file
 
 from energyat_core.api import Attack, default_step, pgd
 from energyat_core.core_plugin import CrossEntropy
-from energyat_core.epoch_stats import ENERGY_EVERY
 from energyat_core.errors import NonFiniteError
 from energyat_core.run_config import compose
 from energyat_core.testing import (
@@ -81,11 +79,9 @@ def test_adversarial_training_beats_standard_training_under_attack(tmp_path, reg
         "bwd_per_sample",
     ):
         assert key in adv[-1]
-    # PGD-5 AT: 5 attack steps (forward+backward) + 1 training forward/backward per sample, plus the
-    # clean energies (which CE on x_adv does not compute) measured by one forward on every 10th batch
-    batches = 2000 // 128  # QUICK_SETS' training images in full batches of 128
-    energy_forwards = math.ceil(batches / ENERGY_EVERY) / batches
-    assert adv[-1]["fwd_per_sample"] == pytest.approx(6.0 + energy_forwards)
+    # PGD-5 AT: 5 attack steps (forward+backward) + 1 training forward/backward per sample (the
+    # forward that measures the clean energies for the log, on some batches, is not the method's cost)
+    assert adv[-1]["fwd_per_sample"] == pytest.approx(6.0)
     assert adv[-1]["bwd_per_sample"] == pytest.approx(6.0)
     assert std[-1]["fwd_per_sample"] == pytest.approx(1.0)  # no attack: both energies from the one forward
     assert std[-1]["train_energy_adv"] == std[-1]["train_energy_clean"]

@@ -160,9 +160,11 @@ def test_resolved_preset_is_trades_with_pgd_ats_adversary_and_the_bridged_loss(r
     }
     assert method.parts["attack"] == (
         "pgd",
-        {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "objective": "ce", "random_start": "uniform"},
+        {"step_ratio": 0.25, "steps": 10, "objective": "ce", "random_start": "uniform"},
     )
-    assert method.settings == trades.settings  # TRADES' CIFAR-10 schedule
+    assert method.settings == trades.settings  # TRADES' CIFAR-10 schedule (and its eval-mode adversary)
+    assert method.settings["attack_bn"] == "eval"
+    assert method.reference_backbone is None  # no reference number, so no backbone it was measured on
     assert method.settings["epochs"] == 76 and method.settings["weight_decay"] == 2e-4
     assert method.reference
 
@@ -172,14 +174,19 @@ def test_registry_and_preset(registry):
     assert isinstance(loss, Bridged) and loss.config.m == 3
     assert not next(p for p in registry.plugins if p.name == "bridged").errors
     cfg = compose_config(registry, method="bat")
-    kw = cfg.parts["attack"].config.pgd_kwargs()
+    kw = cfg.parts["attack"].config.pgd_kwargs(cfg.threat)
     assert kw["objective"] == "ce" and kw["random_start"] == "uniform" and kw["steps"] == 10
     assert kw["eps"] == pytest.approx(8 / 255) and kw["alpha"] == pytest.approx(2 / 255)
     assert cfg.parts["loss"].config == BridgedConfig(m=5, beta=6.0)
-    # the documented KL adversary is two --set flags on top of the preset
+    # the step is PGD-AT's eps/4, whatever the run's radius
+    wide = compose_config(registry, method="bat", flags={"eps": 16 / 255})
+    kw = wide.parts["attack"].config.pgd_kwargs(wide.threat)
+    assert kw["eps"] == pytest.approx(16 / 255) and kw["alpha"] == pytest.approx(4 / 255)
+    # the documented KL adversary is two --set flags on top of the preset (its step stays eps/4)
     cfg = compose_config(registry, method="bat", sets=["attack.objective=kl", "attack.random_start=normal"])
-    kw = cfg.parts["attack"].config.pgd_kwargs()
+    kw = cfg.parts["attack"].config.pgd_kwargs(cfg.threat)
     assert kw["objective"] == "kl" and kw["random_start"] == "normal" and kw["steps"] == 10
+    assert kw["alpha"] == pytest.approx(2 / 255)
 
 
 # --- end to end -----------------------------------------------------------------------------------

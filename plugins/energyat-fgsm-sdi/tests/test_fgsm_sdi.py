@@ -3,23 +3,45 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from energyat_core.api import Attack, ConfigError, RunContext, build_config
-from energyat_core.testing import compose_config, fresh_registry, load_state, lr_at, save_state
+from energyat_core.api import (
+    Attack,
+    Batch,
+    ConfigError,
+    RunContext,
+    ThreatModel,
+    build_config,
+    smoothed_cross_entropy,
+)
+from energyat_core.testing import (
+    TINY_ARGS,
+    assert_one_line_error,
+    compose_config,
+    fresh_registry,
+    load_state,
+    lr_at,
+    make_trainer,
+    run_cli,
+    save_state,
+    train_steps,
+)
 from energyat_fgsm_sdi import FGSMSDI, FGSMSDIConfig, Generator
 from energyat_fgsm_sdi.attack import input_grad_sign
 
 EPS = 8 / 255
 
 
-def make_attack(**options) -> FGSMSDI:
+def make_attack(eps: float = EPS, step: float | None = None, **options) -> FGSMSDI:
+    """The attack set up as a run with threat model ``eps`` (L-inf) and ``--step step`` would set it up."""
     attack = FGSMSDI(FGSMSDIConfig(**options))
-    attack.setup(RunContext(device=torch.device("cpu"), num_classes=10, seed=0))
+    threat = ThreatModel(eps=eps, norm="linf", step=step)
+    attack.setup(RunContext(device=torch.device("cpu"), num_classes=10, seed=0, threat=threat))
     return attack
 
 
@@ -101,8 +123,7 @@ def test_generator_output_is_tanh_times_eps():
 
 def test_attack_matches_the_formula_by_hand():
     """Fixed delta0 and a linear model: x_adv = clamp(x + clip(delta0 + alpha*sign(grad), -eps, eps), 0, 1)."""
-    eps, alpha = 0.1, 0.1
-    attack = make_attack(eps=eps, alpha=alpha)
+    attack = make_attack(eps=0.1)  # alpha = eps: step_ratio 1
     w = torch.tensor([1.0, -2.0, 3.0, -0.5]).view(1, 1, 2, 2)
     model = TwoClassLinear(w)
     x = torch.tensor([0.5, 0.5, 0.97, 0.02]).view(1, 1, 2, 2)
@@ -118,11 +139,30 @@ def test_attack_matches_the_formula_by_hand():
 
 
 def test_alpha_larger_than_eps_is_clipped_to_eps():
-    attack = make_attack(eps=0.1, alpha=0.3)
     model = TwoClassLinear(torch.tensor([1.0, -1.0]).view(1, 1, 1, 2))
     x = torch.full((1, 1, 1, 2), 0.5)
-    delta1 = attack.fgsm_step(model, x, torch.tensor([0]))
-    torch.testing.assert_close(delta1, torch.tensor([0.1, -0.1]).view(1, 1, 1, 2))
+    for attack in (make_attack(eps=0.1, step_ratio=3.0), make_attack(eps=0.1, step=0.3)):
+        delta1 = attack.fgsm_step(model, x, torch.tensor([0]))
+        torch.testing.assert_close(delta1, torch.tensor([0.1, -0.1]).view(1, 1, 1, 2))
+
+
+@pytest.mark.parametrize(
+    ("eps", "step_ratio", "step", "alpha"),
+    [(0.1, 1.0, None, 0.1), (0.1, 0.5, None, 0.05), (4 / 255, 1.0, None, 4 / 255), (0.1, 1.0, 0.02, 0.02)],
+)
+def test_the_fgsm_step_is_step_ratio_times_the_runs_eps_or_the_runs_step(eps, step_ratio, step, alpha):
+    attack = make_attack(eps=eps, step=step, step_ratio=step_ratio)
+    model = TwoClassLinear(torch.tensor([1.0, -1.0]).view(1, 1, 1, 2))
+    delta1 = attack.fgsm_step(model, torch.full((1, 1, 1, 2), 0.5), torch.tensor([0]))
+    torch.testing.assert_close(delta1, torch.tensor([alpha, -alpha]).view(1, 1, 1, 2))
+
+
+def test_the_generator_works_in_the_runs_radius():
+    attack = make_attack(eps=4 / 255, channels=4)
+    assert attack.threat.eps == attack.generator.eps == pytest.approx(4 / 255)
+    x, y = images(8, size=8)
+    x_adv = attack(small_cnn().eval(), x, y)
+    assert (x_adv - x).abs().max() <= 4 / 255 + 1e-6
 
 
 def test_generator_sees_x_and_the_sign_of_the_clean_gradient(monkeypatch):
@@ -252,7 +292,7 @@ def test_generator_maximises_the_loss():
         model[-1].weight.mul_(30)  # confident logits: a loss that reacts to the perturbation
     x_train, y_train = images(64, size=8, seed=5)
     x_test, y_test = images(64, size=8, seed=6)
-    attack = make_attack(channels=16, update_every=1, lr=1e-2, label_smoothing=0.0)
+    attack = make_attack(channels=16, update_every=1, lr=1e-2, smoothing=0.0)
 
     def objective(delta0: torch.Tensor) -> float:
         x_adv = attack.finish(model, x_test, y_test, delta0)
@@ -282,6 +322,40 @@ def test_generator_maximises_the_loss():
     assert trained > uniform + 0.1
     assert trained > same_size + 0.1
     assert trained > flipped + 0.2
+
+
+# --- label smoothing (their LabelSmoothLoss, --factor 0.9) -------------------------------------
+
+#: probabilities of 10 classes: 0.55 on class 0, 0.05 on each of the other nine
+PROBS = [0.55] + [0.05] * 9
+
+
+def test_the_smoothed_targets_are_0_9_and_0_1_over_9_by_hand():
+    logits = torch.tensor([PROBS, PROBS[1:] + PROBS[:1]]).log()  # row 1: 0.55 on class 9
+    y = torch.tensor([0, 1])
+    # -0.9 log p_y - sum_{k != y} (0.1 / 9) log p_k
+    row0 = -0.9 * math.log(0.55) - 9 * (0.1 / 9) * math.log(0.05)  # 0.8376
+    row1 = -0.9 * math.log(0.05) - (0.1 / 9) * (math.log(0.55) + 8 * math.log(0.05))  # 2.9691
+    expected = torch.tensor([row0, row1])
+    torch.testing.assert_close(smoothed_cross_entropy(logits, y, 0.1), expected)
+    attack = make_attack(channels=4)  # the preset's smoothing, 0.1
+    torch.testing.assert_close(attack.generator_objective(logits, y), expected.mean())
+    # not torch's label_smoothing=0.1 (0.91 on the true class, 0.01 on each other one), nor the old 0.5
+    assert not torch.allclose(F.cross_entropy(logits, y, label_smoothing=0.1, reduction="none"), expected)
+    assert not torch.allclose(make_attack(channels=4, smoothing=0.5).generator_objective(logits, y), expected.mean())
+
+
+def test_the_preset_smooths_the_models_loss_and_the_generators_objective_alike(registry):
+    cfg = compose_config(registry, method="fgsm-sdi")
+    loss = registry.create_part("loss", cfg.parts["loss"])
+    attack = registry.create_part("attack", cfg.parts["attack"])
+    logits = torch.tensor([PROBS, PROBS[::-1]]).log()
+    y = torch.tensor([0, 3])
+    per_sample = loss(Batch(nn.Identity(), logits, y, logits))  # the identity model: the 'images' are logits
+    row0 = -0.9 * math.log(0.55) - 0.1 * math.log(0.05)
+    row1 = -0.9 * math.log(0.05) - (0.1 / 9) * (math.log(0.55) + 8 * math.log(0.05))
+    torch.testing.assert_close(per_sample, torch.tensor([row0, row1]))
+    torch.testing.assert_close(attack.generator_objective(logits, y), per_sample.mean())  # G ascends the same loss
 
 
 # --- state -----------------------------------------------------------------------------------
@@ -341,23 +415,34 @@ def test_generator_initialisation_depends_on_the_seed_only_and_keeps_the_global_
 
 def test_defaults_follow_the_spec():
     cfg = FGSMSDIConfig()
-    assert cfg.eps == pytest.approx(8 / 255) and cfg.resolved_alpha() == pytest.approx(8 / 255)
-    assert (cfg.update_every, cfg.lr, cfg.weight_decay, cfg.label_smoothing, cfg.channels) == (20, 1e-3, 5e-4, 0.5, 64)
-    assert FGSMSDIConfig(eps=0.1).resolved_alpha() == 0.1
+    assert (cfg.step_ratio, cfg.update_every, cfg.lr, cfg.weight_decay, cfg.smoothing, cfg.channels) == (
+        1.0,
+        20,
+        1e-3,
+        5e-4,
+        0.1,
+        64,
+    )
+    assert not {"eps", "alpha", "norm", "label_smoothing"} & {f.name for f in dataclasses.fields(FGSMSDIConfig)}
     for f in dataclasses.fields(FGSMSDIConfig):
         assert f.metadata.get("help"), f.name
+    assert FGSMSDI.norms == ("linf",)  # tanh(.) * eps and a sign step: an L-inf construction
+    attack = FGSMSDI()
+    assert attack.threat == ThreatModel()  # outside a run: 8/255 L-inf
 
 
 @pytest.mark.parametrize(
     ("options", "match"),
     [
-        ({"eps": "0"}, "'eps' must be > 0"),
-        ({"alpha": "-1"}, "'alpha' must be > 0"),
+        ({"step_ratio": "0"}, "'step_ratio' must be > 0"),
+        ({"eps": "8/255"}, "no option 'eps'"),
+        ({"alpha": "8/255"}, "no option 'alpha'"),
         ({"update_every": "0"}, "'update_every' must be >= 1"),
         ({"lr": "0"}, "'lr' must be > 0"),
         ({"weight_decay": "-1e-4"}, "'weight_decay' must be >= 0"),
-        ({"label_smoothing": "1"}, "'label_smoothing' must be >= 0, < 1"),
-        ({"label_smoothing": "-0.1"}, "'label_smoothing' must be >= 0, < 1"),
+        ({"smoothing": "1"}, "'smoothing' must be >= 0, < 1"),
+        ({"smoothing": "-0.1"}, "'smoothing' must be >= 0, < 1"),
+        ({"label_smoothing": "0.1"}, "no option 'label_smoothing'"),
         ({"channels": "0"}, "'channels' must be >= 1"),
         ({"steps": "3"}, "no option 'steps'"),
     ],
@@ -368,8 +453,8 @@ def test_bad_options_are_config_errors(options, match):
 
 
 def test_options_parse_from_strings():
-    cfg = build_config(FGSMSDIConfig, {"eps": "4/255", "alpha": "none", "update_every": "5"}, "attack")
-    assert cfg.eps == pytest.approx(4 / 255) and cfg.alpha is None and cfg.update_every == 5
+    cfg = build_config(FGSMSDIConfig, {"step_ratio": "1/2", "smoothing": "0.2", "update_every": "5"}, "attack")
+    assert (cfg.step_ratio, cfg.smoothing, cfg.update_every) == (0.5, 0.2, 5)
 
 
 @pytest.fixture(scope="module")
@@ -393,11 +478,18 @@ def test_resolved_preset_is_pgd_at_with_the_sdi_attack_and_schedule(registry):
         "weighter": "uniform",
     }
     sdi_options = method.parts["attack"][1]
-    assert sdi_options["eps"] == sdi_options["alpha"] == 8 / 255
+    assert sdi_options["step_ratio"] == 1.0  # alpha = eps
     assert (sdi_options["update_every"], sdi_options["lr"], sdi_options["weight_decay"]) == (20, 1e-3, 5e-4)
-    assert sdi_options["label_smoothing"] == method.parts["loss"][1]["label_smoothing"] == 0.5
-    # PGD-AT's optimiser, FGSM-SDI's epochs and decays
-    assert method.settings == {**pgd_at.settings, "epochs": 110, "milestones": (100 / 110, 105 / 110)}
+    assert sdi_options["smoothing"] == method.parts["loss"][1]["smoothing"] == 0.1  # their --factor 0.9
+    # PGD-AT's optimiser, FGSM-SDI's epochs and decays; the adversary made in train mode as their code
+    assert method.settings == {
+        **pgd_at.settings,
+        "epochs": 110,
+        "milestones": (100 / 110, 105 / 110),
+        "attack_bn": "train",
+    }
+    assert method.reference_backbone == "resnet18"
+    assert method.reproduce_command() == "energyat train --method fgsm-sdi --backbone resnet18 --dataset cifar10"
     assert (method.settings["optimizer"], method.settings["lr"], method.settings["momentum"]) == ("sgd", 0.1, 0.9)
     assert (method.settings["weight_decay"], method.settings["batch_size"]) == (5e-4, 128)
     assert (method.settings["schedule"], method.settings["gamma"]) == ("multistep", 0.1)
@@ -407,10 +499,11 @@ def test_resolved_preset_is_pgd_at_with_the_sdi_attack_and_schedule(registry):
 def test_preset_settings(registry):
     cfg = compose_config(registry, method="fgsm-sdi")
     assert (cfg.spec("attack"), cfg.spec("loss"), cfg.spec("weighter")) == ("fgsm-sdi", "ce", "uniform")
-    assert cfg.parts["loss"].options["label_smoothing"] == 0.5
+    assert cfg.parts["loss"].options["smoothing"] == 0.1
     attack = cfg.parts["attack"].config
-    assert attack.label_smoothing == cfg.parts["loss"].config.label_smoothing
-    assert attack.eps == attack.alpha == pytest.approx(8 / 255)
+    assert attack.smoothing == cfg.parts["loss"].config.smoothing
+    assert attack.step_ratio == 1.0 and cfg.threat == ThreatModel(eps=8 / 255, norm="linf")
+    assert cfg.attack_bn == "train"
     assert (attack.update_every, attack.lr, attack.weight_decay) == (20, 1e-3, 5e-4)
     assert (cfg.epochs, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size) == (
         110,
@@ -439,3 +532,60 @@ def test_preset_schedule_decays_at_100_and_105_of_110_epochs(registry):
     assert lr(100.01) == pytest.approx(0.01)
     assert lr(104.99) == pytest.approx(0.01)
     assert lr(105.01) == pytest.approx(0.001)
+
+
+# --- the run's threat model and BatchNorm mode ---------------------------------------------------
+
+
+def test_norm_l2_with_fgsm_sdi_is_a_one_line_error_naming_both(capsys, tmp_path):
+    out = ("--out", tmp_path / "run")
+    code = run_cli("train", *TINY_ARGS, "--attack", "fgsm-sdi", "--norm", "l2", *out)
+    assert_one_line_error(code, capsys.readouterr().err, "fgsm-sdi", "l2")
+    # the preset (TINY_ARGS' --attack none left out: the preset's attack is the one refused)
+    small = ("--backbone", "small_cnn", "--dataset", "synthetic", "--device", "cpu", "--quiet")
+    code = run_cli("train", "--method", "fgsm-sdi", "--norm", "l2", *small, *out)
+    assert_one_line_error(code, capsys.readouterr().err, "fgsm-sdi", "l2")
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_the_attack_of_a_run_takes_the_runs_radius(registry, tmp_path):
+    cfg = compose_config(registry, method="fgsm-sdi", flags={**TINY_FLAGS, "eps": 4 / 255}, sets=[*TINY_SETS])
+    attack = make_trainer(cfg, tmp_path / "run", registry).components["attack"]
+    assert attack.threat == ThreatModel(eps=4 / 255, norm="linf")
+    assert attack.generator.eps == pytest.approx(4 / 255)
+
+
+#: a trainer small enough for a few real steps on CPU
+TINY_FLAGS = {"backbone": "small_cnn", "dataset": "synthetic", "device": "cpu", "batch_size": 16, "eval_n": 16}
+TINY_SETS = ("dataset.n_train=32", "dataset.n_test=16", "attack.channels=4")
+
+
+@pytest.mark.parametrize("attack_bn", [None, "eval"])
+def test_the_preset_makes_the_adversary_and_updates_g_with_the_model_in_train_mode(registry, tmp_path, attack_bn):
+    # real trainer steps of the preset: the first batch updates G, the second only proposes
+    cfg = compose_config(
+        registry,
+        method="fgsm-sdi",
+        flags={**TINY_FLAGS, "attack_bn": attack_bn},
+        sets=[*TINY_SETS, "attack.update_every=2"],
+    )
+    trainer = make_trainer(cfg, tmp_path / "run", registry)
+    attack, inside, modes = trainer.components["attack"], [False], []
+    trainer.model.register_forward_pre_hook(lambda module, args: modes.append(module.training) if inside[0] else None)
+
+    def spy(model, x, y):
+        inside[0] = True
+        try:
+            return attack(model, x, y)
+        finally:
+            inside[0] = False
+
+    trainer.components["attack"] = spy
+    train_steps(trainer)
+    # batch 1: clean gradient, FGSM step of the update, G's loss (train mode always), FGSM step of the attack;
+    # batch 2: clean gradient, FGSM step of the attack
+    if attack_bn is None:  # the preset: train mode throughout, as FGSM_SDI.py (model.train() for the epoch)
+        assert modes == [True] * 6
+    else:  # --attack-bn eval overrides it: only the loss G ascends is computed in train mode
+        assert modes == [False, False, True, False, False, False]
+    assert trainer.model.training

@@ -32,7 +32,8 @@ def test_fgsm_sdi_beats_standard_training_without_collapse(standard, tmp_path):
     best = max(m["robust_acc"] for m in sdi)
     assert sdi[-1]["robust_acc"] >= best - COLLAPSE_MARGIN  # no catastrophic overfitting
     assert sdi[-1]["clean_acc"] > 0.5
-    # cost accounting: 3 + 2/k forward and backward passes per sample through the classifier
+    # cost accounting: 3 + 2/k forward and backward passes per sample through the classifier (the
+    # engine's clean-energy measurement for the log is not counted)
     batches = sdi[0]["step"]
     for m in sdi:
         assert m["fwd_per_sample"] == pytest.approx(expected_passes(m["epoch"], batches, 2))

@@ -29,9 +29,9 @@ _START_HELP = (
 )
 
 
-@dataclass
 class _GradientAttackOptions:
-    """The options every attack of this plugin shares.
+    """What the option sets of this plugin's attacks mean (each declares its fields: ``pgd``'s
+    first one is ``steps``, so that ``pgd:50`` means 50 steps, as for the ``pgd`` evaluator).
 
     The radius and norm are not options: they are the run's threat model (``--eps``,
     ``--norm``), which the attack reads from :attr:`~energyat_core.api.Attack.threat`. The
@@ -40,11 +40,9 @@ class _GradientAttackOptions:
     by an absolute step. Single-step attacks have ``steps`` and ``restarts`` fixed to 1.
     """
 
-    step_ratio: float | None = option(None, "step size as a multiple of eps; none: the attack's rule", gt=0)
-    objective: Literal["ce", "kl", "cw"] = option("ce", _OBJECTIVE_HELP)
-    random_start: Literal["uniform", "normal", "none"] = option("uniform", _START_HELP)
-
-    # each attack provides ``steps`` and ``restarts`` (options of ``pgd``, 1 for single-step attacks)
+    step_ratio: float | None
+    objective: str
+    random_start: str
 
     def default_ratio(self) -> float:
         """The step as a multiple of eps when ``step_ratio`` is not set."""
@@ -68,17 +66,19 @@ class _GradientAttackOptions:
 class PGDConfig(_GradientAttackOptions):
     """Options of the ``pgd`` attack."""
 
-    step_ratio: float | None = option(
-        None,
-        "step size as a multiple of eps; none: 1/4 (2/255 at 8/255, Madry et al.) from 10 steps on, else 2.5/steps",
-        gt=0,
-    )
     steps: int = option(10, "number of gradient steps K", ge=1)
     restarts: int = option(
         1,
         "independent runs from fresh random starts; per sample a misclassified result wins, else the highest objective",
         ge=1,
     )
+    step_ratio: float | None = option(
+        None,
+        "step size as a multiple of eps; none: 1/4 (2/255 at 8/255, Madry et al.) from 10 steps on, else 2.5/steps",
+        gt=0,
+    )
+    objective: Literal["ce", "kl", "cw"] = option("ce", _OBJECTIVE_HELP)
+    random_start: Literal["uniform", "normal", "none"] = option("uniform", _START_HELP)
 
     def default_ratio(self) -> float:
         """Core's rule for a PGD step nobody set (Madry et al.), relative to eps."""
@@ -90,6 +90,7 @@ class FGSMConfig(_GradientAttackOptions):
     """Options of the ``fgsm`` attack (one step)."""
 
     step_ratio: float | None = option(None, "step size as a multiple of eps; none: 1 (Goodfellow et al. 2015)", gt=0)
+    objective: Literal["ce", "kl", "cw"] = option("ce", _OBJECTIVE_HELP)
     random_start: Literal["uniform", "normal", "none"] = option("none", _START_HELP)
 
     @property

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from energyat_core.api import Batch, ConfigError, build_config, kl_per_sample
-from energyat_core.testing import compose_config, fresh_registry, lr_at
+from energyat_core.testing import compose_config, fresh_registry, lr_at, make_trainer, train_steps
 from energyat_trades import Trades, TradesConfig
+from energyat_trades.plugin import TRADES_STEP_RATIO
 
 LN2 = math.log(2.0)
 #: a shorter quick_train run for the end-to-end tests
@@ -160,8 +161,9 @@ def test_resolved_preset_has_the_expected_parts_and_settings(registry):
     assert method.based_on is None  # TRADES' own recipe (its adversary runs in eval mode, PGD-AT's will not)
     assert method.parts["attack"] == (
         "pgd",
-        {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "objective": "kl", "random_start": "normal"},
+        {"step_ratio": TRADES_STEP_RATIO, "steps": 10, "objective": "kl", "random_start": "normal"},
     )
+    assert abs(TRADES_STEP_RATIO * 8 / 255 - 0.007) < 1e-12  # their code: step 0.007 at epsilon 0.031
     assert (method.parts["loss"], method.parts["weighter"]) == (("trades", {"beta": 6.0}), ("uniform", {}))
     s = method.settings
     assert (s["epochs"], s["optimizer"], s["lr"], s["momentum"], s["weight_decay"], s["batch_size"]) == (
@@ -173,7 +175,10 @@ def test_resolved_preset_has_the_expected_parts_and_settings(registry):
         128,
     )
     assert (s["schedule"], s["milestones"], s["gamma"]) == ("multistep", (74 / 76,), 0.1)
+    assert s["attack_bn"] == "eval"  # their trades_loss calls model.eval() before the inner maximisation
     assert method.reference and "84.92" in method.reference and "53.08" in method.reference
+    assert method.reference_backbone == "wrn34_10"
+    assert method.reproduce_command() == "energyat train --method trades --backbone wrn34_10 --dataset cifar10"
 
 
 def test_registry_and_preset(registry):
@@ -181,9 +186,10 @@ def test_registry_and_preset(registry):
     assert isinstance(loss, Trades) and loss.config.beta == 2.0
     assert not next(p for p in registry.plugins if p.name == "trades").errors
     cfg = compose_config(registry, method="trades")
-    kw = cfg.parts["attack"].config.pgd_kwargs()
+    kw = cfg.parts["attack"].config.pgd_kwargs(cfg.threat)
     assert kw["objective"] == "kl" and kw["random_start"] == "normal" and kw["steps"] == 10
-    assert kw["eps"] == pytest.approx(8 / 255) and kw["alpha"] == pytest.approx(2 / 255)
+    assert kw["eps"] == pytest.approx(8 / 255) and kw["alpha"] == pytest.approx(0.007)
+    assert cfg.attack_bn == "eval"
     assert cfg.parts["loss"].config == TradesConfig(beta=6.0, ce_on="clean")
     assert cfg.spec("weighter") == "uniform"
     assert (cfg.epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size) == (76, 0.1, 0.9, 2e-4, 128)
@@ -193,6 +199,42 @@ def test_registry_and_preset(registry):
     kwargs = dict(schedule=cfg.schedule, lr=cfg.lr, milestones=cfg.milestones, gamma=cfg.gamma)
     assert lr_at(74 * per_epoch - 1, 76 * per_epoch, **kwargs) == pytest.approx(0.1)
     assert lr_at(74 * per_epoch, 76 * per_epoch, **kwargs) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize(("eps", "step"), [(None, 0.007), (16 / 255, 0.014), (4 / 255, 0.0035)])
+def test_the_trades_step_is_0_007_at_8_255_and_scales_with_eps(registry, eps, step):
+    cfg = compose_config(registry, method="trades", flags={"eps": eps})
+    kw = cfg.parts["attack"].config.pgd_kwargs(cfg.threat)
+    assert kw["alpha"] == pytest.approx(step) and kw["eps"] == pytest.approx(eps or 8 / 255)
+    assert kw["alpha"] * kw["steps"] == pytest.approx(2.231 * kw["eps"], rel=1e-3)  # 10 steps reach past the edge
+    fixed = compose_config(registry, method="trades", flags={"eps": eps, "step": 2 / 255})
+    assert fixed.parts["attack"].config.pgd_kwargs(fixed.threat)["alpha"] == pytest.approx(2 / 255)  # --step
+
+
+def test_the_trades_preset_makes_the_adversary_in_eval_mode(registry, tmp_path):
+    # a real trainer step of the preset: every forward of the KL attack sees the model in eval
+    # mode (BatchNorm running statistics), the loss's forwards see it in train mode
+    cfg = compose_config(
+        registry,
+        method="trades",
+        flags={"backbone": "small_cnn", "dataset": "synthetic", "device": "cpu", "batch_size": 16, "eval_n": 16},
+        sets=["dataset.n_train=32", "dataset.n_test=16", "attack.steps=2"],
+    )
+    trainer = make_trainer(cfg, tmp_path / "run", registry)
+    attack, inside, modes = trainer.components["attack"], [False], {True: [], False: []}
+    trainer.model.register_forward_pre_hook(lambda module, args: modes[inside[0]].append(module.training))
+
+    def spy(model, x, y):
+        inside[0] = True
+        try:
+            return attack(model, x, y)
+        finally:
+            inside[0] = False
+
+    trainer.components["attack"] = spy
+    train_steps(trainer)
+    assert len(modes[True]) == 2 * 3 and not any(modes[True])  # 2 batches x (p(x) + 2 steps), all in eval mode
+    assert modes[False] and all(modes[False])  # the loss: train mode
 
 
 # --- end to end -----------------------------------------------------------------------------------

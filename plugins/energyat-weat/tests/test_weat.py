@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from energyat_core.api import Batch, marginal_energy
-from energyat_core.testing import compose_config, fresh_registry
+from energyat_core.testing import compose_config, fresh_registry, make_trainer, train_steps
 from energyat_trades import Trades, TradesConfig
 from energyat_weat import EnergyWeighter, energy_weights
 
@@ -146,15 +146,20 @@ def test_energy_weighter_with_cross_entropy_adds_one_clean_forward(registry):
 def test_resolved_preset_is_trades_weighted_by_the_energy(registry):
     method = registry.method("weat")
     trades = registry.method("trades")
-    assert method.parts == {
-        "attack": trades.parts["attack"],  # TRADES' KL adversary
-        "loss": ("trades", {"beta": 6.0, "ce_on": "clean"}),  # variant "nat"
-        "weighter": ("energy", {}),
+    assert {kind: name for kind, (name, _) in method.parts.items()} == {
+        "attack": "pgd",
+        "loss": "trades",
+        "weighter": "energy",
     }
+    assert method.parts["loss"] == ("trades", {"beta": 6.0, "ce_on": "clean"})  # variant "nat"
+    # TRADES' KL adversary from x + 0.001 N(0, I), with WEAT's own step: their parser.py --step-size 2/255
+    # (eps/4), not TRADES' 0.007
     assert method.parts["attack"] == (
         "pgd",
-        {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "objective": "kl", "random_start": "normal"},
+        {"step_ratio": 0.25, "steps": 10, "objective": "kl", "random_start": "normal"},
     )
+    assert method.reference_backbone == "resnet18" and trades.reference_backbone == "wrn34_10"  # never inherited
+    assert method.reproduce_command() == "energyat train --method weat --backbone resnet18 --dataset cifar10"
     # WEAT's schedule; the multistep milestones inherited from TRADES are unused by onecycle
     assert method.settings == {
         **trades.settings,
@@ -162,6 +167,7 @@ def test_resolved_preset_is_trades_weighted_by_the_energy(registry):
         "weight_decay": 5e-4,
         "schedule": "onecycle",
         "warmup": 0.25,
+        "momentum_cycle": (0.85, 0.95),  # torch's OneCycleLR defaults, which their main.py keeps
     }
     assert {k: method.settings[k] for k in ("optimizer", "lr", "momentum", "batch_size")} == {
         "optimizer": "sgd",
@@ -175,9 +181,10 @@ def test_registry_and_preset(registry):
     assert isinstance(registry.create("weighter", "energy"), EnergyWeighter)
     assert not next(p for p in registry.plugins if p.name == "weat").errors
     cfg = compose_config(registry, method="weat")
-    kw = cfg.parts["attack"].config.pgd_kwargs()
+    kw = cfg.parts["attack"].config.pgd_kwargs(cfg.threat)
     assert kw["objective"] == "kl" and kw["random_start"] == "normal" and kw["steps"] == 10
-    assert kw["eps"] == pytest.approx(8 / 255) and kw["alpha"] == pytest.approx(2 / 255)
+    assert kw["eps"] == pytest.approx(8 / 255) and kw["alpha"] == pytest.approx(2 / 255)  # their --step-size
+    assert cfg.attack_bn == "eval"  # WEAT_nat calls model.eval() before the inner maximisation, as TRADES
     assert (cfg.spec("loss"), cfg.spec("weighter")) == ("trades", "energy")
     assert cfg.parts["loss"].config == TradesConfig(beta=6.0, ce_on="clean")  # variant "nat"
     assert (cfg.epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size) == (100, 0.1, 0.9, 5e-4, 128)
@@ -190,6 +197,41 @@ def test_registry_and_preset(registry):
     assert (cfg_pgd.spec("attack"), cfg_pgd.spec("loss"), cfg_pgd.spec("weighter")) == ("pgd", "ce", "energy")
 
 
+def test_weat_cycles_lr_and_momentum_as_torchs_onecyclelr(registry, tmp_path):
+    # their main.py: OneCycleLR(max_lr=0.1, pct_start=0.25), stepped per batch, with its default
+    # momentum cycle 0.95 -> 0.85 (at the lr's peak) -> 0.95; the trainer sets both before every batch
+    cfg = compose_config(
+        registry,
+        method="weat",
+        flags={
+            "backbone": "small_cnn",
+            "dataset": "synthetic",
+            "device": "cpu",
+            "batch_size": 16,
+            "eval_n": 16,
+            "epochs": 1,
+        },
+        sets=["dataset.n_train=128", "dataset.n_test=16", "attack.steps=1"],
+    )
+    trainer = make_trainer(cfg, tmp_path / "run", registry)
+    attack, seen = trainer.components["attack"], []
+
+    def spy(model, x, y):
+        group = trainer.optimizer.param_groups[0]
+        seen.append((group["lr"], group["momentum"]))
+        return attack(model, x, y)
+
+    trainer.components["attack"] = spy
+    train_steps(trainer)
+    lrs, momenta = zip(*seen, strict=True)
+    assert len(seen) == 8
+    assert (lrs[0], momenta[0]) == (pytest.approx(0.1 / 25), pytest.approx(0.95))  # OneCycleLR's start
+    assert (lrs[2], momenta[2]) == (pytest.approx(0.1), pytest.approx(0.85))  # the peak, at 25% of training
+    assert lrs[0] < lrs[1] < lrs[2] and momenta[0] > momenta[1] > momenta[2]  # lr rises while momentum falls
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:], strict=False))  # then the lr anneals ...
+    assert all(a < b for a, b in zip(momenta[2:], momenta[3:], strict=False))  # ... and momentum climbs back
+
+
 # --- end to end -----------------------------------------------------------------------------------
 
 
@@ -199,7 +241,8 @@ def test_weat_trains_a_more_robust_model_than_standard_training(tmp_path: Path):
     # quick_train's CPU setting, shortened: 3 epochs, PGD-3 inner maximisation, 250 evaluation images
     fast = ("--epochs", "3", "--eval-n", "250")
     std = quick_train(tmp_path / "std", "--attack", "none", "--loss", "ce", *fast)
-    weat = quick_train(tmp_path / "weat", "--method", "weat", "--set", "attack.steps=3", *fast)
+    # quick_train's cosine schedule replaces WEAT's OneCycle, so the preset's momentum cycle goes too
+    weat = quick_train(tmp_path / "weat", "--method", "weat", "--set", "attack.steps=3", "--momentum-cycle", "", *fast)
     assert (tmp_path / "weat" / "model.safetensors").is_file()
     print(f"std: {std[-1]}\nweat: {weat[-1]}")
     # observed (seed 0): standard training 0.89 clean / 0.00 PGD-10, WEAT 0.70 / 0.44
