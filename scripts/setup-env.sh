@@ -15,7 +15,10 @@ $PIP install -q --upgrade pip setuptools wheel
 # torch first, pinned: these versions come from the local pip cache where there is one
 $VENV/bin/python -c "import torch, torchvision" 2>/dev/null || \
   $PIP install -q "torch==2.14.1" "torchvision==0.29.1"
-$PIP install -q pluggy typer rich safetensors timm numpy matplotlib "torch-fidelity==0.4.0" tensorboard pytest pytest-xdist ruff mypy
+$PIP install -q pluggy typer rich safetensors timm numpy matplotlib "torch-fidelity==0.4.0" tensorboard pytest pytest-xdist ruff mypy onnx onnxscript onnxruntime
+# robustbench without its dependencies: they pin timm==1.0.9 and pull its download and evaluation helpers;
+# the architecture definitions energyat-robustbench uses need only torch (plugins/energyat-robustbench/README.md)
+$PIP install -q --no-deps "robustbench==1.1.1"
 editable=(-e .)
 for d in plugins/*/; do
   [ -f "$d/pyproject.toml" ] && editable+=(-e "$d")

@@ -127,7 +127,7 @@ def _check_command(command: Any, argv: list[str]) -> None:
 
 def build_app(disable: str | None = None) -> typer.Typer:
     """The Typer app with core commands and every plugin's commands."""
-    from energyat_core.cli import evaluate, info, new_plugin, plot, train
+    from energyat_core.cli import evaluate, export, info, new_plugin, plot, train
     from energyat_core.plugins import call_per_plugin
     from energyat_core.registry import get_registry
 
@@ -166,6 +166,7 @@ def build_app(disable: str | None = None) -> typer.Typer:
     info.add_commands(app)
     train.add_commands(app)
     evaluate.add_commands(app)
+    export.add_commands(app)
     plot.add_commands(app)
     new_plugin.add_commands(app)
     registry = get_registry(disable)
