@@ -35,14 +35,19 @@ def build_data(registry: Registry, cfg: RunConfig) -> ImageData:
 def build_model(
     registry: Registry, cfg: RunConfig, data: ImageData, device: torch.device, *, loading_weights: str | None = None
 ) -> torch.nn.Module:
-    """The run's backbone behind the run's input normalisation (``cfg.normalize`` for ``data``), on ``device``.
+    """The run's backbone behind the run's input normalisation (``cfg.normalize`` for ``data``; under the
+    default ``dataset``, a backbone's own :attr:`~energyat_core.components.Backbone.input_normalization`
+    wins), on ``device``.
 
     The backbone is set up with the run's context first (a timm backbone reads the image
     size from it to adapt its stem); ``loading_weights`` names a weights file that is loaded
     into the model right after, so that the backbone skips its own pretrained initialisation.
     """
     backbone = create_backbone(registry, cfg, data, device, loading_weights=loading_weights)
-    mean, std = resolve_normalize(cfg.normalize, data.mean, data.std)
+    spec = cfg.normalize
+    if spec == "dataset" and backbone.input_normalization is not None:  # a backbone that normalises itself
+        spec = backbone.input_normalization
+    mean, std = resolve_normalize(spec, data.mean, data.std)
     model = build_classifier(backbone, data.num_classes, mean, std).to(device)
     if cfg.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

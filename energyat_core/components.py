@@ -190,6 +190,10 @@ class Backbone(Component):
     ``ctx.extras["loading_weights"]`` set when the weights come from a file.
     """
 
+    #: the normalisation the backbone needs when the run keeps the default ``--normalize dataset``:
+    #: ``None`` (the dataset's), or e.g. ``"none"`` for a backbone that normalises its [0, 1] input itself
+    input_normalization: ClassVar[str | None] = None
+
     def build(self, num_classes: int) -> nn.Module:
         raise NotImplementedError
 

@@ -2,7 +2,9 @@
 
 ``--normalize`` (the run setting ``normalize``, and ``energyat eval --weights``) takes one of:
 
-- ``dataset``: the dataset's per-channel mean and std;
+- ``dataset``: the dataset's per-channel mean and std (the default; a backbone that declares
+  :attr:`~energyat_core.components.Backbone.input_normalization`, e.g. one that normalises its
+  input itself, gets its own instead);
 - ``none``: mean 0, std 1 (the backbone takes [0, 1] images, e.g. a model that normalises itself);
 - ``MEAN,STD``: numbers, either two (one mean and one std for every channel) or ``2*C`` (the
   ``C`` channel means, then the ``C`` stds), e.g. ``0.5,0.25`` or
@@ -29,7 +31,7 @@ FORM = "dataset, none, or MEAN,STD (two numbers, or the C channel means then the
 #: the help of the setting (``energyat train --normalize``) and of ``energyat eval --normalize``
 HELP = (
     "input normalisation put in front of the backbone (the model always takes [0, 1] images): dataset (its "
-    "per-channel mean/std), none (the backbone normalises itself), or MEAN,STD: two numbers for every channel, or "
+    "per-channel mean/std; none for a backbone that normalises its input itself, e.g. robustbench), none (the backbone normalises itself), or MEAN,STD: two numbers for every channel, or "
     "the C channel means then the C stds, e.g. 0.5,0.25; stored in the model file's mean/std buffers"
 )
 #: the metadata key of a weights file that records its normalisation without buffers (a backbone-only file)

@@ -2,10 +2,11 @@
 
 RobustBench models take images in [0, 1]; those that need a normalisation apply it inside
 (``DMWideResNet(mean=CIFAR10_MEAN, std=CIFAR10_STD)``). energyat puts the run's ``--normalize``
-in front of every backbone, so a RobustBench model must run with ``--normalize none`` (a weights
-file written by ``energyat robustbench-import`` records it, so ``energyat eval --weights`` needs
-nothing). The model checks the first batch it sees: values outside [0, 1] mean that something
-normalised them, and that is a one-line error rather than a silently different model.
+in front of every backbone; this backbone declares ``input_normalization = "none"``, so under
+the default ``--normalize dataset`` nothing is put in front of it (a weights file written by
+``energyat robustbench-import`` records it too). The model checks the first batch it sees:
+values outside [0, 1] mean that something normalised them (an explicit ``--normalize
+MEAN,STD``), and that is a one-line error rather than a silently different model.
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ class RobustBenchBackbone(Backbone):
 
     ``--backbone robustbench:Carmon2019Unlabeled`` (CIFAR-10 L-inf zoo; ``cifar100/Linf/NAME``
     for another table) or ``--backbone "robustbench:WideResNet(depth=34, widen_factor=10)"``;
-    ``--set backbone.checkpoint=FILE`` loads a RobustBench checkpoint (never downloaded). Run it
-    with ``--normalize none``: the model takes [0, 1] images.
+    ``--set backbone.checkpoint=FILE`` loads a RobustBench checkpoint (never downloaded). The
+    model takes [0, 1] images and normalises them itself where it needs to, so the run's default
+    ``--normalize dataset`` becomes ``none`` for it (:attr:`input_normalization`).
     """
+
+    input_normalization = "none"
 
     @dataclass
     class Config:

@@ -90,8 +90,9 @@ def test_energyat_gives_the_package_models_logits(checkpoint, tmp_path, cli):
 def test_fine_tuning_starts_from_the_checkpoint(checkpoint, tmp_path):
     path, reference = checkpoint
     run = tmp_path / "run"
-    args = (*TINY_ARGS, "--backbone", BACKBONE, "--set", f"backbone.checkpoint={path}", "--normalize", "none")
+    args = (*TINY_ARGS, "--backbone", BACKBONE, "--set", f"backbone.checkpoint={path}")  # --normalize: default
     assert run_cli("train", *args, "--lr", "1e-12", "--out", run) == 0
+    assert torch.equal(ea.load(run).mean.flatten(), torch.zeros(3))  # nothing in front of the model
     tuned = ea.load(run)
     torch.testing.assert_close(tuned.net.conv1.weight, reference.conv1.weight, atol=1e-6, rtol=0)
     torch.testing.assert_close(tuned.net.fc.weight, reference.fc.weight, atol=1e-6, rtol=0)
@@ -100,7 +101,7 @@ def test_fine_tuning_starts_from_the_checkpoint(checkpoint, tmp_path):
 def test_normalised_inputs_are_refused_in_one_line(checkpoint, tmp_path, cli):
     path, _ = checkpoint
     args = (*TINY_ARGS, "--backbone", BACKBONE, "--set", f"backbone.checkpoint={path}", "--out", tmp_path / "run")
-    code, _, err = cli("train", *args)  # --normalize dataset, the default
+    code, _, err = cli("train", *args, "--normalize", "0.5,0.25")  # a normalisation asked for explicitly
     *warnings, last = err.strip().splitlines()
     assert all(line.startswith("warning: ") for line in warnings)  # the fix-ups of the checkpoint
     assert_one_line_error(code, last, "not images in [0, 1]", "--normalize none")
