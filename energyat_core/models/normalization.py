@@ -31,7 +31,8 @@ FORM = "dataset, none, or MEAN,STD (two numbers, or the C channel means then the
 #: the help of the setting (``energyat train --normalize``) and of ``energyat eval --normalize``
 HELP = (
     "input normalisation put in front of the backbone (the model always takes [0, 1] images): dataset (its "
-    "per-channel mean/std; none for a backbone that normalises its input itself, e.g. robustbench), none (the backbone normalises itself), or MEAN,STD: two numbers for every channel, or "
+    "per-channel mean/std; none for a backbone that declares it normalises its input itself), none (the "
+    "backbone normalises itself), or MEAN,STD: two numbers for every channel, or "
     "the C channel means then the C stds, e.g. 0.5,0.25; stored in the model file's mean/std buffers"
 )
 #: the metadata key of a weights file that records its normalisation without buffers (a backbone-only file)
