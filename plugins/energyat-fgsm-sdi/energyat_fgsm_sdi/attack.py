@@ -18,14 +18,14 @@ Model mode during the generator update (a design choice, documented in the plugi
 the update replays the engine's training step without touching the model. ``g`` and
 ``delta1`` are computed in the mode the engine runs the attack in (``--attack-bn``; the
 preset sets train, as the released code), exactly as the attack that will use ``G``'s
-output; the loss that ``G`` ascends is computed with the model in *train* mode, because
-that is the mode in which the engine computes the loss the model descends, so ``G`` and the
-model play the same game on the same quantity. The model's BatchNorm running statistics are
-frozen during the update (core's ``frozen_running_stats``: batch statistics are used, the
-running ones stay bit for bit), its mode is restored after it (``model_mode``), and gradients reach ``G``'s parameters only
-(``torch.autograd.grad``), so the update leaves no trace on the model. With ``--attack-bn
-train`` every pass runs in train mode, which is what the released code does (its model never
-leaves train mode).
+output; the loss that ``G`` ascends is computed with the model in *train* mode, because that
+is the mode in which the engine computes the loss the model descends, so ``G`` and the model
+play the same game on the same quantity. The model's BatchNorm running statistics are frozen
+during the update (core's ``frozen_running_stats``: batch statistics are used, the running
+ones stay bit for bit), its mode is restored after it (``model_mode``), and gradients reach
+``G``'s parameters only (``torch.autograd.grad``), so the update leaves no trace on the
+model. With ``--attack-bn train`` every pass runs in train mode, which is what the released
+code does (its model never leaves train mode).
 
 ``G``'s BatchNorm runs in train mode (batch statistics, running statistics updated) during
 its update and in eval mode when it proposes ``delta0`` for training, as in the released code.

@@ -12,7 +12,8 @@ WEAT = Method(
     help=(
         "Weighted Energy Adversarial Training (Mirza et al., ECCV 2024): the TRADES loss (beta 6) with per-sample "
         "weights 1/softplus(|E(x)|) from the clean marginal energy on both terms; x_adv as TRADES (KL objective, "
-        "10 steps of eps/4 (2/255 at 8/255, their --step-size) in the run's eps-ball from x + 0.001*N(0,I)). Variant 'nat' (CE on x, default); "
+        "10 steps of eps/4 (2/255 at 8/255, their --step-size) in the run's eps-ball from x + 0.001*N(0,I)). "
+        "Variant 'nat' (CE on x, default); "
         "variant 'adv' (CE on x_adv): --set loss.ce_on=adv. Their schedule: SGD lr 0.1, momentum 0.9, wd 5e-4, "
         "batch 128, 100 epochs, OneCycle (peak 0.1, 25% warm-up, momentum cycled 0.95-0.85-0.95 as torch's "
         "OneCycleLR does) stepped per batch"
