@@ -1,4 +1,4 @@
-"""energyat-jeat: Joint Energy Adversarial Training (Zhu et al., ICCV 2021)."""
+"""energyat-jeat: Joint Energy Adversarial Training (Zhu, Ma, Sun, Chen, Jiang, Li; ICCV 2021)."""
 
 from energyat_jeat.loss import JEAT, JEATConfig, jeat_per_sample
 

@@ -1,4 +1,4 @@
-"""The ``jeat`` loss: Joint Energy Adversarial Training (Zhu et al., ICCV 2021), per methods.md.
+"""The ``jeat`` loss: Joint Energy Adversarial Training (Zhu, Ma, Sun, Chen, Jiang, Li; ICCV 2021), per methods.md.
 
 The batch objective is::
 
@@ -17,9 +17,18 @@ nothing in the mean; only a non-uniform weighter would make it matter.
 Model samples come from a persistent replay buffer (JEM, Grathwohl et al. 2020): each step
 takes ``B`` random buffer entries, restarts each of them from the ``sgld`` sampler's
 initialisation with probability ``reinit_prob`` (0.05), runs ``sgld_steps`` (20) steps of
-SGLD (eta 1, sigma 0.01, model in eval mode) and writes the results back. The buffer
-(images and labels) is part of the training state: it is checkpointed and restored by
-``--resume``.
+SGLD (model in eval mode) and writes the results back. The step and noise are JEM's
+(``sgld_lr`` 1, ``sgld_std`` 0.01 on images in [-1, 1]) converted to our [0, 1] images:
+``eta = 0.5``, ``sigma = 0.005`` (:mod:`energyat_jeat.jem_units`). The chains start from
+the ``sgld`` plugin's initialiser, ``pca`` (methods.md), not from JEM's uniform noise: with
+``lambda = 1`` the CE's ``logsumexp`` over ``x_adv`` cancels against ``E(x_adv)``, so the
+classifier is only taught to tell classes apart through model samples near the data, and
+chains restarted from noise are not near the data until the buffer has been revisited many
+times (docs/methods/jeat.md, "Why the chains start from pca"). ``E(x_adv)`` is taken from
+the logits of the CE term and ``E(x_sgld)`` from a train-mode pass over the samples alone
+that leaves the BatchNorm running statistics untouched (``energy_bn=separate``, JEM's
+separate passes; :meth:`JEAT.energies`). The buffer (images and labels) is part of the
+training state: it is checkpointed and restored by ``--resume``.
 
 Divergence guard (the JEM instability): non-finite energies stop the run with a
 :class:`~energyat_core.api.NonFiniteError` before the update, so the last checkpoint is
@@ -49,6 +58,7 @@ from energyat_core.api import (
     model_mode,
     option,
 )
+from energyat_jeat.jem_units import JEM_BUFFER_SIZE, JEM_ETA, JEM_REINIT_FREQ, JEM_SGLD_STEPS, JEM_SIGMA
 from energyat_sgld import SGLDConfig
 
 #: the loss options that configure its ``sgld`` sampler -> the sampler's option names
@@ -67,26 +77,36 @@ class JEATConfig:
     """Options of the ``jeat`` loss.
 
     ``sgld_*``, ``init`` and ``conditional`` go to the ``sgld`` sampler (see
-    :data:`SAMPLER_OPTIONS`) with JEM's defaults; their bounds are the sampler's, checked
-    by :meth:`check` against its declaration rather than restated here.
+    :data:`SAMPLER_OPTIONS`); their bounds are the sampler's, checked by :meth:`check`
+    against its declaration rather than restated here. Steps, noise, buffer and restart
+    probability are JEM's, with its step and noise converted from its [-1, 1] inputs to our
+    [0, 1] ones (:mod:`energyat_jeat.jem_units`); the start is the sampler's ``pca``.
     """
 
     lam: float = option(1.0, "weight lambda of the energy term E(x_adv) - E(x_sgld)")
-    buffer_size: int = option(10000, "images in the persistent replay buffer (JEM: 10,000)", ge=1)
+    buffer_size: int = option(JEM_BUFFER_SIZE, "images in the persistent replay buffer (JEM: 10,000)", ge=1)
     reinit_prob: float = option(
-        0.05,
+        JEM_REINIT_FREQ,
         "probability that a chain restarts from the initialisation instead of its buffer image (JEM: 0.05)",
         ge=0,
         le=1,
     )
-    sgld_steps: int = option(20, "the sgld sampler's steps per training step (JEM: 20)")
-    sgld_eta: float = option(1.0, "the sgld sampler's step size eta: v <- m*v - (eta/2)*grad_x E (JEM: 1)")
-    sgld_sigma: float = option(0.01, "the sgld sampler's noise std (JEM: 0.01)")
-    sgld_momentum: float = option(0.0, "the sgld sampler's momentum (0: plain SGLD)")
+    sgld_steps: int = option(JEM_SGLD_STEPS, "the sgld sampler's steps per training step (JEM: 20)")
+    sgld_eta: float = option(
+        JEM_ETA,
+        "the sgld sampler's step size eta: v <- m*v - (eta/2)*grad_x E on [0,1] images; 0.5 is JEM's step "
+        "(x += 1 * grad(-E) on [-1,1] images) converted to [0,1] images: a quarter of the coefficient, eta/2 = 0.25",
+    )
+    sgld_sigma: float = option(
+        JEM_SIGMA,
+        "the sgld sampler's noise std on [0,1] images; 0.005 is JEM's 0.01 on [-1,1] images, halved",
+    )
+    sgld_momentum: float = option(0.0, "the sgld sampler's momentum (0: plain SGLD, as JEM)")
     init: str = option(
-        "noise",
-        "the sgld sampler's start of the buffer and of restarted chains: noise (uniform in [0,1], JEM), "
-        "gaussian or pca (fitted per class on the training set)",
+        "pca",
+        "the sgld sampler's start of the buffer and of restarted chains (methods.md: the sgld plugin's "
+        "initialiser): pca (class mean plus principal components, fitted on the training set), gaussian, or "
+        "noise (uniform in [0,1], JEM's U(-1,1); with lambda 1 it does not train a classifier in short runs)",
     )
     conditional: bool = option(
         False,
@@ -96,11 +116,12 @@ class JEATConfig:
     energy_clip: float | None = option(
         None, "clip each sample's E(x_adv_i) - E(x_sgld_i) to [-c, c] (no gradient beyond); none: no clipping", gt=0
     )
-    energy_bn: Literal["joint", "eval", "train"] = option(
-        "joint",
-        "BatchNorm in the one forward pass over [x_adv; x_sgld] that gives both energies: joint (batch statistics "
-        "of that joint batch; running statistics left untouched, so model samples never enter them), eval "
-        "(running statistics) or train (batch statistics, and the samples enter the running statistics)",
+    energy_bn: Literal["separate", "joint", "eval", "train"] = option(
+        "separate",
+        "BatchNorm of the energies: separate (default, JEM's passes: E(x_adv) from the logits the CE uses, "
+        "E(x_sgld) from a train-mode pass over the model samples alone, running statistics left untouched), "
+        "joint (one train-mode pass over [x_adv; x_sgld], running statistics untouched), eval (one pass in eval "
+        "mode: running statistics) or train (one train-mode pass whose samples enter the running statistics)",
     )
     energy_limit: float = option(
         1e4,
@@ -141,7 +162,11 @@ def jeat_per_sample(
 
 
 class JEAT(Loss):
-    """JEAT (Zhu et al. 2021): CE on x_adv plus lambda * (E(x_adv) - E(x_sgld)), x_sgld from an SGLD replay buffer."""
+    """JEAT (Zhu, Ma, Sun, Chen, Jiang, Li 2021): CE(x_adv) + lambda * (E(x_adv) - E(x_sgld)), x_sgld from a buffer.
+
+    ``x_sgld`` comes from a persistent SGLD replay buffer (:meth:`draw`); both energies from
+    the logits of the CE term and one pass over the samples (:meth:`energies`).
+    """
 
     Config = JEATConfig
 
@@ -193,30 +218,46 @@ class JEAT(Loss):
         return x
 
     # -- loss ------------------------------------------------------------------------------
-    def energy_logits(self, model: torch.nn.Module, x_adv: torch.Tensor, x_sgld: torch.Tensor) -> torch.Tensor:
-        """Logits of ``[x_adv; x_sgld]`` in one pass, with gradients, in the BatchNorm mode ``energy_bn``.
+    def energies(self, batch: Batch, x_sgld: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``E(x_adv)`` and ``E(x_sgld)`` per sample, with gradients, in the BatchNorm mode ``energy_bn``.
 
-        One pass makes both energies the same function of the input. Separate passes, or eval
-        mode for one and train mode for the other, let the network lower E(x_adv) and raise
-        E(x_sgld) by telling the passes apart rather than the images. ``joint`` (default)
-        normalises with the joint batch's statistics, which keeps the energies invariant to the
-        scale of the weights before each BatchNorm, as the CE term is (``eval`` mode is not, and
-        diverges quickly: the network inflates its logits through the stale running
-        statistics); the running statistics are restored afterwards so that the attack,
-        SGLD and evaluation (all in eval mode) keep seeing statistics of data only.
+        ``separate`` (default) follows JEM's structure: ``E(x_adv)`` comes from the very logits
+        the CE term uses (the engine's train-mode pass), so that with ``lambda = 1``
+        ``CE + E(x_adv)`` is exactly the joint energy ``-f(x_adv)_y``, as in JEM's
+        ``log p(x, y)``; ``E(x_sgld)`` comes from a train-mode pass over the model samples
+        alone (JEM computes ``f(x_p_d)`` and ``f(x_q)`` in separate train-mode passes), with
+        the running statistics restored, so that model samples enter neither the batch
+        statistics ``x_adv`` is normalised with nor the running statistics that the attack,
+        SGLD and evaluation use. Both energies are invariant to the scale of the weights
+        before each BatchNorm, as the CE term is. The one-pass modes are :meth:`energy_logits`.
+        """
+        if self.config.energy_bn == "separate":
+            e_adv = marginal_energy(batch.logits_adv)
+            with model_mode(batch.model, training=True), frozen_running_stats(batch.model):
+                e_sgld = marginal_energy(batch.model(x_sgld))
+            return e_adv, e_sgld
+        n = len(batch.y)
+        energies = marginal_energy(self.energy_logits(batch.model, batch.x_adv, x_sgld))
+        return energies[:n], energies[n:]
+
+    def energy_logits(self, model: torch.nn.Module, x_adv: torch.Tensor, x_sgld: torch.Tensor) -> torch.Tensor:
+        """Logits of ``[x_adv; x_sgld]`` in one pass, with gradients, for the one-pass modes of ``energy_bn``.
+
+        ``joint`` normalises with the joint batch's statistics (the model samples share the
+        batch statistics of ``x_adv``) and restores the running statistics afterwards;
+        ``train`` lets the samples enter the running statistics; ``eval`` uses the running
+        statistics, which lets the network inflate its logits through stale statistics (the
+        energies passed 1e4 within a 4-epoch CPU run and the guard stopped it).
         """
         mode = self.config.energy_bn
-        frozen = frozen_running_stats(model) if mode == "joint" else contextlib.nullcontext()
+        frozen = frozen_running_stats(model) if mode != "train" else contextlib.nullcontext()
         with model_mode(model, training=mode != "eval"), frozen:
             return model(torch.cat([x_adv, x_sgld]))
 
     def __call__(self, batch: Batch) -> torch.Tensor:
-        """Per-sample JEAT loss of the batch: draw model samples, one energy pass, guard, then the formula."""
-        n = len(batch.y)
-        x_sgld = self.draw(batch.model, n)
-        logits = self.energy_logits(batch.model, batch.x_adv, x_sgld)
-        energies = marginal_energy(logits)
-        e_adv, e_sgld = energies[:n], energies[n:]
+        """Per-sample JEAT loss of the batch: draw model samples, their energies, guard, then the formula."""
+        x_sgld = self.draw(batch.model, len(batch.y))
+        e_adv, e_sgld = self.energies(batch, x_sgld)
         self._guard(e_adv.detach(), e_sgld.detach())
         cfg = self.config
         return jeat_per_sample(batch.logits_adv, batch.y, e_adv, e_sgld, cfg.lam, cfg.energy_clip)

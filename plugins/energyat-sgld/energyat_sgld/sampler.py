@@ -8,10 +8,17 @@ when labels are given and ``conditional`` is on) or the marginal energy
     x <- clamp(x + v + sigma * xi, 0, 1),      xi ~ N(0, I)
 
 with ``v = 0`` at the start; ``m = 0`` is plain SGLD. Defaults: eta 1, K 20, m 0, sigma 0.001
-(WEAT's code). The energy of a batch is the sum of the per-sample energies, so each sample
-follows its own gradient; the model runs in eval mode (BatchNorm with running statistics,
-samples independent of each other) and its previous mode is restored afterwards. Gradients
-are taken with respect to the images only: nothing reaches the parameters' ``.grad``.
+(WEAT's code). ``eta`` and ``sigma`` are in the units of energyat's images, [0, 1]. WEAT's
+generation code works on [0, 1] images too (``ToTensor()`` only, samples clamped to [0, 1];
+``image_generation/utils.py``, ``sample_q_SGLD``: ``velocity = -step_size / 2 * grad`` and
+noise ``alpha * N(0, noise_variance)``, with ``alpha=1`` and ``noise_variance=0.001`` as its
+momentum notebook passes them), so its values need no conversion. Values from code on other
+scales do: JEM's step 1 and noise 0.01 on [-1, 1] images are ``eta = 0.5`` and
+``sigma = 0.005`` here (``energyat_jeat.jem_units``). The energy of a batch is the sum of the
+per-sample energies, so each sample follows its own gradient; the model runs in eval mode
+(BatchNorm with running statistics, samples independent of each other) and its previous mode
+is restored afterwards. Gradients are taken with respect to the images only: nothing reaches
+the parameters' ``.grad``.
 """
 
 from __future__ import annotations
