@@ -30,6 +30,8 @@ TRADES = Method(
     },
     settings={
         "attack_bn": "eval",
+        # train_trades_cifar10.py feeds [0, 1] images to the network (ToTensor only, no Normalize)
+        "normalize": "none",
         "epochs": 76,
         "optimizer": "sgd",
         "lr": 0.1,
