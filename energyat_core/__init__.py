@@ -7,7 +7,7 @@ From Python (:mod:`energyat_core.library`, docs/python.md)::
     model = ea.load("runs/demo")
     x_adv = ea.attack("pgd", model, eps=8 / 255, steps=10)(x, y)
     report = ea.evaluate(model, (x, y), attacks=["fgsm"])
-    ea.export("runs/demo", "onnx")        # also timm, torchvision, torchscript (docs/export.md)
+    ea.export_run("runs/demo", "onnx")    # also timm, torchvision, torchscript (docs/export.md)
 
 The plugin contract is in :mod:`energyat_core.hookspecs`; components derive from the
 bases in :mod:`energyat_core.components`; plugins import from :mod:`energyat_core.api`.
@@ -21,8 +21,9 @@ __version__ = "0.1.0"
 
 #: the library functions, imported on first use so that a plugin importing ``hookimpl`` stays light
 _LIBRARY = ("train", "load", "attack", "evaluate", "Run", "AttackFn")
-#: ``export(run_dir, format, out=None)``: :func:`energyat_core.export.export_run`
-_EXPORT = ("export",)
+#: ``export_run(run_dir, format, out=None)``: :func:`energyat_core.export.export_run` (``energyat_core.export``
+#: is the module)
+_EXPORT = ("export_run",)
 
 __all__ = ["__version__", "hookimpl", *_LIBRARY, *_EXPORT]
 
