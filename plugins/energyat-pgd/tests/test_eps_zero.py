@@ -33,3 +33,23 @@ def test_pgd_at_at_eps_zero_trains_as_clean_training(tmp_path):
     far = tmp_path / "far"
     assert run_cli("train", *SMALL, "--eps", "16/255", "--out", far) == 0
     assert _losses(far) != pytest.approx(b, rel=1e-3)
+
+
+def test_pgd_at_with_norm_l2_trains_with_the_l2_attack(tmp_path):
+    import json
+
+    import torch
+
+    from energyat_core.testing import compose_config, fresh_registry, make_trainer
+
+    run = tmp_path / "l2"
+    assert run_cli("train", *SMALL, "--norm", "l2", "--out", run) == 0
+    doc = json.loads((run / "config.json").read_text())
+    assert (doc["norm"], doc["eps"]) == ("l2", 0.5)
+    registry = fresh_registry()
+    cfg = compose_config(registry, method="pgd-at", flags={"norm": "l2", "device": "cpu", "backbone": "small_cnn"})
+    trainer = make_trainer(cfg, tmp_path / "t", registry)
+    x, y = torch.rand(16, 3, 32, 32), torch.arange(16) % 10
+    delta = (trainer.components["attack"](trainer.model, x, y) - x).flatten(1)
+    assert delta.norm(dim=1).max().item() <= 0.5 + 1e-5  # the L2 ball of the run
+    assert delta.abs().max().item() > 8 / 255  # not the L-inf box: L2 steps concentrate on few pixels
