@@ -190,6 +190,19 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
+def strip_leading(key: str, prefixes: tuple[str, ...]) -> tuple[str, list[str]]:
+    """``key`` without any run of ``prefixes`` at its start (``module.net.fc`` -> ``fc``); the prefixes removed."""
+    removed: list[str] = []
+    changed = True
+    while changed:
+        changed = False
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix) :], True
+                removed.append(prefix)
+    return key, removed
+
+
 def strip_prefixes(state: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch.Tensor], list[str]]:
     """``state`` without the ``module.`` (DistributedDataParallel) and ``_orig_mod.`` (torch.compile) prefixes.
 
@@ -198,14 +211,9 @@ def strip_prefixes(state: dict[str, torch.Tensor], source: str) -> tuple[dict[st
     counts = dict.fromkeys(STRIP_PREFIXES, 0)
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        name = key
-        changed = True
-        while changed:
-            changed = False
-            for prefix in STRIP_PREFIXES:
-                if name.startswith(prefix):
-                    name, changed = name[len(prefix) :], True
-                    counts[prefix] += 1
+        name, removed = strip_leading(key, STRIP_PREFIXES)
+        for prefix in removed:
+            counts[prefix] += 1
         if "._orig_mod." in name:
             name = name.replace("._orig_mod.", ".")
             counts["_orig_mod."] += 1

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from energyat_core.checkpoint import dtype_fixups, read_weights_only
+from energyat_core.checkpoint import dtype_fixups, read_weights_only, strip_leading
 from energyat_core.errors import CheckpointError
 
 #: keys under which training scripts commonly nest the weights
@@ -77,13 +77,7 @@ def _strip_prefix(state: dict[str, torch.Tensor], own: set[str]) -> tuple[dict[s
     """Remove wrapper prefixes (``module.``, ``net.``, ...) when that makes more keys match; the prefix removed."""
 
     def strip(key: str, prefixes: tuple[str, ...]) -> str:
-        changed = True
-        while changed:
-            changed = False
-            for prefix in prefixes:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix) :], True
-        return key
+        return strip_leading(key, prefixes)[0]
 
     best, matched, removed = state, len(own.intersection(state)), None
     for prefixes in [(p,) for p in _PREFIXES] + [_PREFIXES]:  # one of them, or any run of them
