@@ -36,6 +36,8 @@ __all__ = [
     "quick_train",
     "raw_pickle",
     "read_metrics",
+    "record_modes",
+    "record_schedule",
     "run_cli",
     "save_state",
     "torch_pickle",
@@ -127,6 +129,39 @@ def train_steps(trainer: Any, epoch: int = 0) -> Any:
     for x, y in trainer.loader.epoch(epoch):
         trainer.train_step(x, y, stats)
     return stats
+
+
+def record_modes(trainer: Any) -> dict[bool, list[bool]]:
+    """Watch a trainer's model: ``model.training`` at every forward pass, under ``True`` while the
+    training attack runs and under ``False`` otherwise (the loss's passes). Wraps the attack."""
+    attack, inside = trainer.components["attack"], [False]
+    modes: dict[bool, list[bool]] = {True: [], False: []}
+    trainer.model.register_forward_pre_hook(lambda module, args: modes[inside[0]].append(module.training))
+
+    def spy(model, x, y):
+        inside[0] = True
+        try:
+            return attack(model, x, y)
+        finally:
+            inside[0] = False
+
+    trainer.components["attack"] = spy
+    return modes
+
+
+def record_schedule(trainer: Any) -> list[tuple[float, float]]:
+    """Watch a trainer's optimiser: its (lr, momentum) at every training step, as the step's attack
+    sees them (after the schedule set them). Wraps the attack."""
+    attack = trainer.components["attack"]
+    seen: list[tuple[float, float]] = []
+
+    def spy(model, x, y):
+        group = trainer.optimizer.param_groups[0]
+        seen.append((group["lr"], group["momentum"]))
+        return attack(model, x, y)
+
+    trainer.components["attack"] = spy
+    return seen
 
 
 #: the smallest run that exercises everything (``quick_train`` is the setting where training visibly works)

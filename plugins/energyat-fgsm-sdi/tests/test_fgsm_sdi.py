@@ -27,6 +27,7 @@ from energyat_core.testing import (
     load_state,
     lr_at,
     make_trainer,
+    record_modes,
     run_cli,
     save_state,
     train_steps,
@@ -570,17 +571,7 @@ def test_the_preset_makes_the_adversary_and_updates_g_with_the_model_in_train_mo
         sets=[*TINY_SETS, "attack.update_every=2"],
     )
     trainer = make_trainer(cfg, tmp_path / "run", registry)
-    attack, inside, modes = trainer.components["attack"], [False], []
-    trainer.model.register_forward_pre_hook(lambda module, args: modes.append(module.training) if inside[0] else None)
-
-    def spy(model, x, y):
-        inside[0] = True
-        try:
-            return attack(model, x, y)
-        finally:
-            inside[0] = False
-
-    trainer.components["attack"] = spy
+    modes = record_modes(trainer)[True]  # the passes the attack (and G's update) make
     train_steps(trainer)
     # batch 1: clean gradient, FGSM step of the update, G's loss (train mode always), FGSM step of the attack;
     # batch 2: clean gradient, FGSM step of the attack

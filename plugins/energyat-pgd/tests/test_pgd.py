@@ -17,7 +17,7 @@ from energyat_core.api import (
     default_step,
     objective_values,
 )
-from energyat_core.testing import compose_config, fresh_registry, lr_at, make_trainer, train_steps
+from energyat_core.testing import compose_config, fresh_registry, lr_at, make_trainer, record_schedule, train_steps
 from energyat_pgd import FGSM, FGSMRS, PGD, FGSMConfig, FGSMRSConfig, PGDConfig
 
 EPS = 8 / 255
@@ -352,15 +352,7 @@ def test_fgsm_rs_lr_and_momentum_follow_torchs_cycliclr_as_wong_et_al_use_it(reg
         sets=["dataset.n_train=128", "dataset.n_test=16"],
     )
     trainer = make_trainer(cfg, tmp_path / "run", registry)
-    seen = []
-    attack = trainer.components["attack"]
-
-    def spy(model, x, y):
-        group = trainer.optimizer.param_groups[0]
-        seen.append((group["lr"], group["momentum"]))
-        return attack(model, x, y)
-
-    trainer.components["attack"] = spy
+    seen = record_schedule(trainer)
     train_steps(trainer)
     total = len(seen)
     assert total == 8

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from energyat_core.api import Batch, ConfigError, build_config, kl_per_sample
-from energyat_core.testing import compose_config, fresh_registry, lr_at, make_trainer, train_steps
+from energyat_core.testing import compose_config, fresh_registry, lr_at, make_trainer, record_modes, train_steps
 from energyat_trades import Trades, TradesConfig
 from energyat_trades.plugin import TRADES_STEP_RATIO
 
@@ -221,17 +221,7 @@ def test_the_trades_preset_makes_the_adversary_in_eval_mode(registry, tmp_path):
         sets=["dataset.n_train=32", "dataset.n_test=16", "attack.steps=2"],
     )
     trainer = make_trainer(cfg, tmp_path / "run", registry)
-    attack, inside, modes = trainer.components["attack"], [False], {True: [], False: []}
-    trainer.model.register_forward_pre_hook(lambda module, args: modes[inside[0]].append(module.training))
-
-    def spy(model, x, y):
-        inside[0] = True
-        try:
-            return attack(model, x, y)
-        finally:
-            inside[0] = False
-
-    trainer.components["attack"] = spy
+    modes = record_modes(trainer)
     train_steps(trainer)
     assert len(modes[True]) == 2 * 3 and not any(modes[True])  # 2 batches x (p(x) + 2 steps), all in eval mode
     assert modes[False] and all(modes[False])  # the loss: train mode

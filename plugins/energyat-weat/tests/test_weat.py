@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from energyat_core.api import Batch, marginal_energy
-from energyat_core.testing import compose_config, fresh_registry, make_trainer, train_steps
+from energyat_core.testing import compose_config, fresh_registry, make_trainer, record_schedule, train_steps
 from energyat_trades import Trades, TradesConfig
 from energyat_weat import EnergyWeighter, energy_weights
 
@@ -214,14 +214,7 @@ def test_weat_cycles_lr_and_momentum_as_torchs_onecyclelr(registry, tmp_path):
         sets=["dataset.n_train=128", "dataset.n_test=16", "attack.steps=1"],
     )
     trainer = make_trainer(cfg, tmp_path / "run", registry)
-    attack, seen = trainer.components["attack"], []
-
-    def spy(model, x, y):
-        group = trainer.optimizer.param_groups[0]
-        seen.append((group["lr"], group["momentum"]))
-        return attack(model, x, y)
-
-    trainer.components["attack"] = spy
+    seen = record_schedule(trainer)
     train_steps(trainer)
     lrs, momenta = zip(*seen, strict=True)
     assert len(seen) == 8
